@@ -1,0 +1,1 @@
+"""GPU kernels (Triton), each beside a `ref_*` torch reference. Imports only torch and triton."""

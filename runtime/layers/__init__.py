@@ -1,0 +1,1 @@
+"""Building blocks shared by the models: linear, norms, rotary, activations, attention, logits."""

@@ -1,0 +1,1 @@
+"""The HTTP front end (`lmlang serve`): native, OpenAI-compatible and metrics endpoints."""
