@@ -1,0 +1,89 @@
+"""Launching a Triton kernel on its tensors' device: compiled on CUDA, interpreted on CPU.
+
+Why this exists: triton reads `TRITON_INTERPRET` at two moments, not one. `@triton.jit` reads it
+when a kernel is *decorated* (module import) and returns either a compiled `JITFunction` or an
+`InterpretedFunction`; and the standard library (`tl.sum`, `tl.max`, `tl.sigmoid`, `tl.cdiv`, ...,
+themselves `@triton.jit` functions in `triton.language.standard`) is decorated once, when
+`triton` is first imported. If anything imported triton before the variable was set, a
+`JITFunction` kernel run by the interpreter fails with "Cannot call @triton.jit'd outside of the
+scope of a kernel" at its first `tl.sum`.
+
+`launch` removes the dependence on import order: for CPU tensors it runs the kernel's Python
+function through triton's interpreter and, for the duration of the call, swaps every `JITFunction`
+in `triton.language`, `triton.language.standard` and the kernel's own module for an interpreted
+twin (`triton.experimental.gluon` is imported up front because its import asserts that the
+standard library holds compiled functions, and triton imports it lazily inside a launch). CUDA
+tensors take the ordinary compiled path. The CPU path exists for tests and development
+(it is slow: every program instance runs in numpy); production code on CPU uses the `ref_*`
+functions. Swapping module attributes is not thread-safe against a concurrent GPU compile in the
+same process, which is why nothing but tests should launch on CPU while a GPU is in use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator, Sequence, Union
+
+import torch
+import triton
+import triton.experimental.gluon  # noqa: F401  (imported lazily by triton otherwise; see below)
+import triton.language as tl
+import triton.language.standard as tl_standard
+from triton.runtime.interpreter import InterpretedFunction
+from triton.runtime.jit import JITFunction
+
+Grid = Union[Sequence[int], Callable[[dict], Sequence[int]]]
+
+_interpreted: dict[Callable, InterpretedFunction] = {}
+
+
+def _as_interpreted(fn: JITFunction | InterpretedFunction) -> InterpretedFunction:
+    if isinstance(fn, InterpretedFunction):
+        return fn
+    if fn.fn not in _interpreted:
+        _interpreted[fn.fn] = InterpretedFunction(fn.fn)
+    return _interpreted[fn.fn]
+
+
+@contextlib.contextmanager
+def _interpreted_namespaces(namespaces: list[dict[str, Any]]) -> Iterator[None]:
+    """Temporarily replaces compiled `JITFunction`s in these namespaces with interpreted ones."""
+    saved: list[tuple[dict[str, Any], str, JITFunction]] = []
+    try:
+        for ns in namespaces:
+            for name, value in list(ns.items()):
+                if isinstance(value, JITFunction):
+                    saved.append((ns, name, value))
+                    ns[name] = _as_interpreted(value)
+        yield
+    finally:
+        for ns, name, value in reversed(saved):
+            ns[name] = value
+
+
+def _device_of(args: tuple, kwargs: dict) -> torch.device:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            return a.device
+    raise ValueError("a kernel launch needs at least one tensor argument")
+
+
+def launch(kernel: JITFunction | InterpretedFunction, grid: Grid, *args: Any, **kwargs: Any) -> None:
+    """Runs `kernel[grid](*args, **kwargs)` on the device of the first tensor argument.
+
+    On CPU the launch goes through triton's interpreter whatever `TRITON_INTERPRET` was when
+    triton or the kernel's module was imported; launch options such as `num_warps` are accepted
+    and ignored there.
+    """
+    if _device_of(args, kwargs).type != "cpu":
+        kernel[grid](*args, **kwargs)
+        return
+    interpreted = _as_interpreted(kernel)
+    namespaces = [vars(tl), vars(tl_standard), interpreted.fn.__globals__]
+    with _interpreted_namespaces(namespaces):
+        interpreted[grid](*args, **kwargs)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (>= 1)."""
+    return triton.next_power_of_2(max(1, n))
