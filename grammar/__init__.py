@@ -1,1 +1,47 @@
-"""Constrained decoding: regex, JSON schema and lark CFGs compiled to per-token masks."""
+"""Constrained decoding: regex, JSON schema and lark CFGs compiled to per-token masks.
+
+Public API (imported lazily, so `import lmlang.grammar` is cheap):
+
+- `TokenizerInfo.from_huggingface(tokenizer, vocab_size=None)`: the byte view of a vocabulary.
+- `GrammarCompiler(tokenizer_info, cache_size=128)`: `.compile_regex(p)`, `.compile_grammar(lark)`,
+  `.compile_json_schema(schema, whitespace_pattern=None)`, `.compile(kind, source)` -> `CompiledGrammar`.
+- `CompiledGrammar.matcher()` -> `GrammarMatcher`: `fill_bitmask(buf, row)`, `accept(token)`,
+  `accept_bytes`, `accept_text`, `rollback(k)`, `fork()`, `can_terminate()`, `is_done()`,
+  `forced_text()` (contracts in grammar/matcher.py; supported syntax in grammar/compiler.py).
+- `compile_regex`, `compile_grammar`, `validate_regex`, `validate_grammar`, `CompileOptions`.
+- `allocate_bitmask(batch, vocab_size)`, `bitmask_to_bool(buf, row, vocab_size)`.
+- `GrammarError` (a ValueError) for every constraint that cannot be compiled.
+- Typed regexes for gen_int & co: `INT_REGEX`, `FLOAT_REGEX`, `BOOL_REGEX`, `STRING_REGEX`.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "GrammarError": ".errors",
+    "TokenizerInfo": ".tokenizer_info",
+    "GrammarCompiler": ".compiler",
+    "CompileOptions": ".compiler",
+    "compile_regex": ".compiler",
+    "compile_grammar": ".compiler",
+    "validate_regex": ".compiler",
+    "validate_grammar": ".compiler",
+    "CompiledGrammar": ".matcher",
+    "GrammarMatcher": ".matcher",
+    "allocate_bitmask": ".bitmask",
+    "bitmask_to_bool": ".bitmask",
+    "INT_REGEX": ".typed",
+    "FLOAT_REGEX": ".typed",
+    "BOOL_REGEX": ".typed",
+    "STRING_REGEX": ".typed",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lmlang.grammar' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
