@@ -1,0 +1,457 @@
+"""Continuous batching over the prefix cache: admission, chunked prefill, decode, retraction.
+
+One `step()` runs one forward. Prefill has priority: if requests wait (or a chunked prefill is
+in progress) and fit, the step is an extend batch of up to `chunked_prefill_size` new tokens;
+otherwise it is a decode step over every running request.
+
+KV pressure never crashes or deadlocks: admission reserves room for the running requests'
+future tokens (`new_token_ratio` of what they may still generate); if decode still runs out of
+slots, requests are retracted — their KV goes to the prefix cache as evictable, they return to
+the waiting queue and later recompute whatever was evicted. A waiting request of higher priority
+than some running one preempts it the same way when the batch or the pool is full.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Optional
+
+import torch
+
+from lmlang.runtime.cache.allocator import SlotAllocator
+from lmlang.runtime.cache.base import MatchResult, create_prefix_cache
+from lmlang.runtime.config import EngineConfig
+from lmlang.runtime.forward_batch import ForwardMode
+from lmlang.runtime.model_runner import ModelRunner, SeqChunk
+from lmlang.runtime.protocol import FinishReason, GenerateReq, SamplingParams, TokenOut
+from lmlang.runtime.request import Req
+from lmlang.runtime.sampler import Sampler, top_logprobs_of
+from lmlang.runtime.schedule_policy import create_policy
+from lmlang.runtime.stop import StopChecker
+
+logger = logging.getLogger(__name__)
+
+INIT_NEW_TOKEN_RATIO = 0.7
+MIN_NEW_TOKEN_RATIO = 0.2
+NEW_TOKEN_RATIO_DECAY = 0.002
+
+
+class Scheduler:
+    def __init__(self, cfg: EngineConfig, runner: ModelRunner, stop_checker: StopChecker, vocab_size: int,
+                 context_length: int, grammar_backend: Any = None) -> None:
+        self.cfg = cfg
+        self.runner = runner
+        self.stop_checker = stop_checker
+        self.context_length = context_length
+        self.allocator = SlotAllocator(runner.num_slots, cfg.page_size)
+        self.cache = create_prefix_cache(cfg.prefix_cache, self.allocator, cfg.page_size)
+        self.policy = create_policy(cfg.schedule_policy)
+        self.sampler = Sampler(vocab_size, stop_checker.eos_token_ids, cfg.seed)
+        self.grammar_backend = grammar_backend
+        self.waiting: list = []
+        self.running: list = []
+        self.chunked: Optional[Req] = None
+        self.reqs: dict = {}
+        self.arrivals = 0
+        self.new_token_ratio = INIT_NEW_TOKEN_RATIO
+        self.pins: dict = {}
+        self.next_pin = 1
+        self.start_order: list = []
+        self._pending_outputs: list = []
+        self.counters = dict(
+            prefill_tokens_computed=0, cached_tokens_hit=0, forward_passes=0, decode_steps=0,
+            max_decode_batch_size=0, retractions=0, preemptions=0, requests_finished=0,
+            generated_tokens=0, prompt_tokens=0,
+        )
+
+    # ---- requests in and out -------------------------------------------------------------
+
+    def add_request(self, msg: GenerateReq) -> Optional[TokenOut]:
+        """Queues a request; returns an immediate abort output if it cannot be served."""
+        try:
+            params = SamplingParams.from_dict(msg.sampling_params)
+            if not msg.input_ids:
+                raise ValueError("prompt is empty")
+            if len(msg.input_ids) >= self.context_length:
+                raise ValueError(f"prompt has {len(msg.input_ids)} tokens; the context length is {self.context_length}")
+        except ValueError as e:
+            return TokenOut(rid=msg.rid, token_ids=[], finished=FinishReason("abort", message=str(e)).to_dict())
+        room = self.context_length - len(msg.input_ids)
+        if params.max_new_tokens > room:
+            params = params.replace(max_new_tokens=room, min_new_tokens=min(params.min_new_tokens, room))
+        req = Req(msg, params, self.arrivals)
+        req.stream = msg.stream
+        self.arrivals += 1
+        if params.constraint is not None and self.grammar_backend is not None:
+            try:
+                req.grammar = self.grammar_backend.matcher_for(params)
+            except ValueError as e:
+                return TokenOut(rid=msg.rid, token_ids=[], finished=FinishReason("abort", message=str(e)).to_dict())
+        self.reqs[req.rid] = req
+        self.waiting.append(req)
+        self.counters["prompt_tokens"] += len(req.input_ids)
+        return None
+
+    def abort(self, rid: str) -> Optional[TokenOut]:
+        req = self.reqs.get(rid)
+        if req is None:
+            return None
+        if req in self.waiting:
+            self.waiting.remove(req)
+        if req in self.running:
+            self.running.remove(req)
+        if self.chunked is req:
+            self.chunked = None
+        req.finished = FinishReason("abort", message="aborted")
+        self._release(req)
+        return self._output(req)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self.chunked)
+
+    # ---- one step ------------------------------------------------------------------------
+
+    def step(self) -> list:
+        """Runs at most one forward; returns the outputs to send to the front end."""
+        batch = self._schedule_extend()
+        if batch:
+            outputs = self._run_extend(batch)
+        elif self.running:
+            outputs = self._run_decode()
+        else:
+            outputs = []
+        outputs, self._pending_outputs = self._pending_outputs + outputs, []
+        return outputs
+
+    # ---- admission -----------------------------------------------------------------------
+
+    def _alloc(self, n: int, last_slot: Optional[int]) -> Optional[torch.Tensor]:
+        if n == 0:
+            return torch.empty(0, dtype=torch.int64)
+        short = n + self.cfg.page_size - self.allocator.available()
+        if short > 0:
+            self.cache.evict(short)
+        return self.allocator.alloc(n, last_slot)
+
+    def _own_last_slot(self, req: Req) -> Optional[int]:
+        return int(req.slots[-1]) if req.num_computed > req.num_cached_owned else None
+
+    def _headroom(self) -> int:
+        """Slots free or evictable, minus what running requests are expected to still need."""
+        reserve = sum(
+            min(r.params.max_new_tokens - len(r.output_ids), 4096) * self.new_token_ratio for r in self.running
+        )
+        if self.chunked is not None:
+            reserve += (len(self.chunked.fill_ids) - self.chunked.num_computed) + self.chunked.params.max_new_tokens * self.new_token_ratio
+        return int(self.allocator.available() + self.cache.evictable_size() - reserve)
+
+    def _match(self, req: Req) -> MatchResult:
+        return self.cache.match_prefix(req.fill_ids[: req.max_prefix_match])
+
+    def _schedule_extend(self) -> list:
+        """Picks the extend batch: [(req, SeqChunk)], the in-progress chunked request first."""
+        budget = self.cfg.chunked_prefill_size
+        batch: list = []
+        if self.chunked is not None:
+            req = self.chunked
+            n = min(budget, len(req.fill_ids) - req.num_computed)
+            slots = self._alloc(n, self._own_last_slot(req))
+            if slots is None:
+                return []
+            prefix = req.num_computed
+            req.slots = torch.cat([req.slots, slots])
+            batch.append((req, SeqChunk(req.fill_ids, prefix, prefix + n, req.slots)))
+            budget -= n
+            if req.num_computed < len(req.fill_ids):
+                return batch
+            self.chunked = None
+        if not self.waiting or budget <= 0:
+            return batch
+        matches: dict = {}
+
+        def match_len(r: Req) -> int:
+            if r.rid not in matches:
+                matches[r.rid] = self._match(r)
+            return matches[r.rid].length
+
+        ordered = self.policy.order(self.waiting, match_len)
+        self._preempt_for(ordered[0], match_len)
+        reserved = 0.0
+        for req in ordered:
+            if budget <= 0 or self.chunked is not None:
+                break
+            if len(self.running) + len(batch) >= self.cfg.max_running_requests:
+                break
+            m = matches[req.rid] if req.rid in matches else self._match(req)
+            if self._shares_uncached_prefix(req, m.length, [c for _, c in batch]):
+                continue  # in-batch prefix sharing: reuse the other request's prefill next round
+            need = len(req.fill_ids) - m.length
+            n = min(need, budget)
+            if (self.running or batch) and n + reserved > self._headroom():
+                break
+            self.cache.lock(m.node)
+            slots = self._alloc(n, None)
+            if slots is None:
+                self.cache.unlock(m.node)
+                break
+            self.waiting.remove(req)
+            req.slots = torch.cat([m.slots, slots])
+            req.last_node = m.node
+            req.num_cached_owned = m.length
+            self.counters["cached_tokens_hit"] += m.length
+            if not req.admitted_once:
+                req.admitted_once = True
+                req.cached_tokens = m.length
+                req.started_at = time.time()
+                self.start_order.append(req.rid)
+            batch.append((req, SeqChunk(req.fill_ids, m.length, m.length + n, req.slots)))
+            reserved += (need - n) + req.params.max_new_tokens * self.new_token_ratio
+            budget -= n
+            if n < need:
+                self.chunked = req
+        return batch
+
+    def _shares_uncached_prefix(self, req: Req, matched: int, chunks: list) -> bool:
+        """Whether `req` shares >= min_shared_prefix uncached tokens with a chunk being prefilled."""
+        ids = req.fill_ids
+        for chunk in chunks:
+            other = chunk.token_ids
+            limit = min(len(ids) - 1, len(other))
+            common = matched
+            while common < limit and ids[common] == other[common]:
+                common += 1
+            if common - matched >= self.cfg.min_shared_prefix:
+                return True
+        return False
+
+    def _preempt_for(self, head: Req, match_len) -> None:
+        """Retracts lower-priority running requests while `head` cannot be admitted."""
+        def blocked() -> bool:
+            need = len(head.fill_ids) - match_len(head)
+            full = len(self.running) >= self.cfg.max_running_requests
+            return full or min(need, self.cfg.chunked_prefill_size) > self._headroom()
+
+        while self.running and blocked():
+            victim = min(self.running, key=lambda r: (r.priority, -r.arrival))
+            if victim.priority >= head.priority:
+                return
+            self.running.remove(victim)
+            self._retract(victim)
+            self.counters["preemptions"] += 1
+
+    # ---- forwards ------------------------------------------------------------------------
+
+    def _run_extend(self, batch: list) -> list:
+        reqs = [r for r, _ in batch]
+        seqs = [c for _, c in batch]
+        rows, sample_rows, lp_rows = [], [], []
+        offset = 0
+        for req, s in zip(reqs, seqs):
+            n_new = s.seq_len - s.prefix_len
+            if req.needs_input_logprobs:
+                lo = max(s.prefix_len, max(req.logprob_start_len, 1) - 1)
+                hi = min(s.seq_len, len(req.input_ids) - 1)
+                positions = list(range(lo, hi))
+                lp_rows.append((req, positions, len(rows)))
+                rows.extend(offset + p - s.prefix_len for p in positions)
+            if s.seq_len == len(req.fill_ids):
+                sample_rows.append((req, len(rows)))
+                rows.append(offset + n_new - 1)
+            offset += n_new
+            self.counters["prefill_tokens_computed"] += n_new
+        logits = self.runner.forward(ForwardMode.EXTEND, seqs, rows)
+        self.counters["forward_passes"] += 1
+        for req, positions, start in lp_rows:
+            self._collect_input_logprobs(req, positions, logits[start : start + len(positions)])
+        done_prefill = {id(r) for r, _ in sample_rows}
+        for req, s in zip(reqs, seqs):
+            if id(req) not in done_prefill:
+                self._cache_progress(req, s.seq_len)
+        outputs = []
+        to_sample = [(r, i) for r, i in sample_rows if len(r.output_ids) < r.params.max_new_tokens]
+        for req, _ in sample_rows:
+            if len(req.output_ids) >= req.params.max_new_tokens:
+                req.finished = FinishReason("length")  # max_new_tokens == 0: prompt logprobs only
+        if to_sample:
+            idx = torch.tensor([i for _, i in to_sample], dtype=torch.long, device=logits.device)
+            self._sample_and_append([r for r, _ in to_sample], logits.index_select(0, idx))
+        for req, _ in sample_rows:
+            if req.finished is not None:
+                self._release(req)
+            else:
+                self._cache_progress(req, req.num_computed)
+                self.running.append(req)
+            outputs.append(self._output(req))
+        return [o for o in outputs if o is not None]
+
+    def _run_decode(self) -> list:
+        self._ensure_decode_room()
+        if not self.running:
+            return []
+        seqs = []
+        for req in self.running:
+            slots = self._alloc(1, self._own_last_slot(req))
+            req.slots = torch.cat([req.slots, slots])
+            n = req.num_computed
+            seqs.append(SeqChunk(req.fill_ids, n - 1, n, req.slots))
+        batch = list(self.running)
+        logits = self.runner.forward(ForwardMode.DECODE, seqs, list(range(len(seqs))))
+        self.counters["forward_passes"] += 1
+        self.counters["decode_steps"] += 1
+        self.counters["max_decode_batch_size"] = max(self.counters["max_decode_batch_size"], len(batch))
+        self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
+        self._sample_and_append(batch, logits)
+        outputs = []
+        for req in batch:
+            if req.finished is not None:
+                self.running.remove(req)
+                self._release(req)
+            outputs.append(self._output(req))
+        return [o for o in outputs if o is not None]
+
+    def _ensure_decode_room(self) -> None:
+        """Retracts requests until every running request can get one more slot."""
+        while self.running:
+            need = len(self.running) * self.cfg.page_size
+            if self.allocator.available() + self.cache.evictable_size() >= need:
+                return
+            if len(self.running) == 1:
+                req = self.running.pop()
+                req.finished = FinishReason("length", message="KV cache too small for this request")
+                self._release(req)
+                self._pending_outputs.append(self._output(req))
+                return
+            victim = min(self.running, key=lambda r: (r.priority, -r.arrival))
+            self.running.remove(victim)
+            self._retract(victim)
+            self.new_token_ratio = 1.0
+
+    def _retract(self, req: Req) -> None:
+        self.cache.cache_finished(req.fill_ids[: req.num_computed], req.slots, req.last_node)
+        req.slots = torch.empty(0, dtype=torch.int64)
+        req.last_node = None
+        req.num_cached_owned = 0
+        req.retractions += 1
+        self.counters["retractions"] += 1
+        self.waiting.append(req)
+
+    # ---- sampling and results ------------------------------------------------------------
+
+    def _sample_and_append(self, reqs: list, logits: torch.Tensor) -> None:
+        bitmask = None
+        if any(r.grammar is not None for r in reqs):
+            bitmask = self.grammar_backend.fill_bitmasks(reqs)
+        out = self.sampler.sample(logits, reqs, bitmask)
+        for i, req in enumerate(reqs):
+            token = out.token_ids[i]
+            req.output_ids.append(token)
+            if req.return_logprob:
+                req.new_output_logprobs.append((out.logprobs[i], token))
+                req.new_output_top_logprobs.append(out.top_logprobs[i])
+            if req.grammar is not None:
+                self.grammar_backend.accept(req, token)
+            self.counters["generated_tokens"] += 1
+            req.finished = self.stop_checker.check(req)
+
+    def _collect_input_logprobs(self, req: Req, positions: list, logits: torch.Tensor) -> None:
+        if req.logprob_start_len == 0 and not req.input_token_logprobs:
+            req.input_token_logprobs.append((None, req.input_ids[0]))
+            req.input_top_logprobs.append(None)
+        if not positions:
+            return
+        lps = torch.log_softmax(logits.float(), dim=-1)
+        targets = torch.tensor([req.input_ids[p + 1] for p in positions], dtype=torch.long, device=lps.device)
+        chosen = lps.gather(1, targets.view(-1, 1)).view(-1).tolist()
+        for j, p in enumerate(positions):
+            req.input_token_logprobs.append((chosen[j], req.input_ids[p + 1]))
+            req.input_top_logprobs.append(top_logprobs_of(lps[j], req.top_logprobs_num))
+
+    def _cache_progress(self, req: Req, num_tokens: int) -> None:
+        """Hands the computed prefix to the cache (in-batch sharing and pins rely on it)."""
+        result = self.cache.cache_unfinished(req.fill_ids[:num_tokens], req.slots[:num_tokens], req.last_node)
+        req.slots = torch.cat([result.slots, req.slots[num_tokens:]])
+        req.last_node = result.node
+        req.num_cached_owned = self.cache.cached_length(result.node)
+
+    def _release(self, req: Req) -> None:
+        if req.num_computed or req.last_node is not None:
+            self.cache.cache_finished(req.fill_ids[: req.num_computed], req.slots, req.last_node)
+        req.slots = torch.empty(0, dtype=torch.int64)
+        req.last_node = None
+        req.num_cached_owned = 0
+        self.reqs.pop(req.rid, None)
+        if req.grammar is not None:
+            self.grammar_backend.release(req)
+        self.counters["requests_finished"] += 1
+
+    def _output(self, req: Req) -> Optional[TokenOut]:
+        finished = req.finished is not None
+        if not finished and not getattr(req, "stream", False):
+            return None
+        new = req.output_ids[req.sent_len :]
+        out = TokenOut(
+            rid=req.rid,
+            token_ids=new,
+            finished=req.finished.to_dict() if finished else None,
+            prompt_tokens=len(req.input_ids),
+            cached_tokens=req.cached_tokens,
+            completion_tokens=len(req.output_ids),
+            started_at=req.started_at,
+        )
+        if req.return_logprob:
+            out.output_token_logprobs = req.new_output_logprobs
+            out.output_top_logprobs = req.new_output_top_logprobs
+            req.new_output_logprobs, req.new_output_top_logprobs = [], []
+            if not req.input_logprobs_sent and req.logprob_start_len >= 0 and (finished or req.output_ids):
+                out.input_token_logprobs = req.input_token_logprobs
+                out.input_top_logprobs = req.input_top_logprobs
+                req.input_logprobs_sent = True
+        req.sent_len = len(req.output_ids)
+        return out
+
+    # ---- control -------------------------------------------------------------------------
+
+    def flush_cache(self) -> bool:
+        if self.running or self.waiting or self.chunked:
+            return False
+        self.cache.reset()
+        return True
+
+    def pin(self, input_ids: list) -> dict:
+        m = self.cache.match_prefix(input_ids)
+        self.cache.lock(m.node)
+        handle = self.next_pin
+        self.next_pin += 1
+        self.pins[handle] = m.node
+        return {"handle": handle, "length": m.length}
+
+    def unpin(self, handle: int) -> bool:
+        node = self.pins.pop(handle, None)
+        if node is None:
+            return False
+        self.cache.unlock(node)
+        return True
+
+    def kv_usage(self) -> dict:
+        total = self.allocator.total
+        free = self.allocator.available()
+        cached = self.cache.evictable_size()
+        return dict(kv_total=total, kv_free=free, kv_cached=cached, kv_in_use=total - free - cached,
+                    kv_protected=self.cache.protected_size(), kv_request_owned=self._request_owned())
+
+    def _request_owned(self) -> int:
+        page = self.cfg.page_size
+        owned = 0
+        for r in self.reqs.values():
+            own = r.num_computed - r.num_cached_owned
+            owned += -(-own // page) * page if own > 0 else 0
+        return owned
+
+    def stats(self) -> dict:
+        s = dict(self.counters)
+        s["forward_passes"] = self.counters["forward_passes"]
+        s.update(self.kv_usage())
+        s.update(num_running=len(self.running) + (1 if self.chunked else 0), num_waiting=len(self.waiting),
+                 new_token_ratio=self.new_token_ratio, start_order=list(self.start_order[-1000:]))
+        return s
