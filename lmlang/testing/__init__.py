@@ -1,1 +1,24 @@
-"""Test utilities: tiny checkpoints and tokenizers made on the fly (no model hub)."""
+"""Test utilities: tiny checkpoints and tokenizers made on the fly (no model hub).
+
+    make_tokenizer(path, vocab_size=512) -> str
+    make_tiny_checkpoint(path, arch, seed=0, *, max_shard_size=None, **config_overrides) -> str
+
+Both are imported lazily; they import torch / transformers / tokenizers only when called.
+`import lmlang` never imports this package.
+"""
+
+from typing import Any
+
+__all__ = ["make_tokenizer", "make_tiny_checkpoint", "TINY_ARCHS"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "make_tokenizer":
+        from lmlang.testing.tokenizer import make_tokenizer
+
+        return make_tokenizer
+    if name in ("make_tiny_checkpoint", "TINY_ARCHS"):
+        from lmlang.testing import checkpoints
+
+        return getattr(checkpoints, name)
+    raise AttributeError(f"module 'lmlang.testing' has no attribute {name!r}")

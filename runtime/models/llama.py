@@ -1,0 +1,175 @@
+"""Llama 2/3 and Mistral, and the decoder building blocks Qwen2/Qwen3 reuse.
+
+A family that differs from Llama only in biases or per-head q/k norms subclasses
+`LlamaForCausalLM` and overrides `layer_options`. Not implemented: Mistral's / Qwen2's
+sliding-window attention (`sliding_window` is ignored, so contexts longer than the window
+attend to everything — exact for prompts within the window), and activations other than SiLU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
+
+import torch
+from torch import nn
+
+from lmlang.runtime.forward_batch import ForwardBatch
+from lmlang.runtime.layers.activation import SiluAndMul
+from lmlang.runtime.layers.attention import Attention
+from lmlang.runtime.layers.linear import Linear, StackedLinear
+from lmlang.runtime.layers.logits import compute_logits
+from lmlang.runtime.layers.norm import RMSNorm
+from lmlang.runtime.layers.rotary import RotaryEmbedding, get_rope, rope_parameters
+from lmlang.runtime.layers.vocab import LMHead, VocabEmbedding
+from lmlang.runtime.models.base import CausalLM, KVCacheSpec
+from lmlang.runtime.models.registry import register_model
+from lmlang.runtime.models.weight_mapping import StackedParam, load_weights_by_table
+
+
+@dataclass(frozen=True)
+class LayerOptions:
+    """How a Llama-like family's decoder layer differs from plain Llama."""
+
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False  # RMSNorm over head_dim on q and k before rope (Qwen3)
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def from_config(cls, config: Any) -> "AttentionShape":
+        num_heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
+        return cls(num_heads, getattr(config, "num_key_value_heads", None) or num_heads, head_dim)
+
+
+STACKED_PARAMS = (
+    StackedParam(".q_proj.", ".qkv_proj.", "q"),
+    StackedParam(".k_proj.", ".qkv_proj.", "k"),
+    StackedParam(".v_proj.", ".qkv_proj.", "v"),
+    StackedParam(".gate_proj.", ".gate_up_proj.", 0),
+    StackedParam(".up_proj.", ".gate_up_proj.", 1),
+)
+
+
+def make_rope(config: Any, head_dim: int) -> RotaryEmbedding:
+    base, scaling, partial_rotary_factor = rope_parameters(config)
+    return get_rope(head_dim, int(head_dim * partial_rotary_factor), config.max_position_embeddings, base, scaling)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: Any, layer_id: int, options: LayerOptions, rotary_emb: RotaryEmbedding) -> None:
+        super().__init__()
+        shape = AttentionShape.from_config(config)
+        self.shape = shape
+        q_size, kv_size = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
+        self.qkv_proj = StackedLinear(config.hidden_size, {"q": q_size, "k": kv_size, "v": kv_size}, options.qkv_bias)
+        self.o_proj = Linear(q_size, config.hidden_size, options.o_bias)
+        if options.qk_norm:
+            self.q_norm = RMSNorm(shape.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(shape.head_dim, config.rms_norm_eps)
+        self.qk_norm = options.qk_norm
+        self.rotary_emb = rotary_emb
+        self.attn = Attention(shape.num_heads, shape.num_kv_heads, shape.head_dim, shape.head_dim**-0.5, layer_id)
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        q, k, v = self.qkv_proj(hidden).split(self.qkv_proj.split_sizes, dim=-1)
+        q = q.reshape(-1, self.shape.num_heads, self.shape.head_dim)  # [n, num_heads, head_dim]
+        k = k.reshape(-1, self.shape.num_kv_heads, self.shape.head_dim)  # [n, num_kv_heads, head_dim]
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary_emb(positions, q, k)
+        return self.o_proj(self.attn(q, k, v, batch))  # [n, hidden]
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool, hidden_act: str) -> None:
+        super().__init__()
+        if hidden_act != "silu":
+            raise ValueError(f"unsupported hidden_act {hidden_act!r}; only 'silu' is implemented")
+        self.gate_up_proj = StackedLinear(hidden_size, {0: intermediate_size, 1: intermediate_size}, bias)
+        self.act_fn = SiluAndMul()
+        self.down_proj = Linear(intermediate_size, hidden_size, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, hidden] -> [n, hidden]
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm block; the residual stream is carried separately so each norm fuses its add."""
+
+    def __init__(self, config: Any, layer_id: int, options: LayerOptions, rotary_emb: RotaryEmbedding) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(config, layer_id, options, rotary_emb)
+        self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size, options.mlp_bias, config.hidden_act)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self, positions: torch.Tensor, hidden: torch.Tensor, residual: Optional[torch.Tensor], batch: ForwardBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            hidden, residual = self.input_layernorm(hidden), hidden
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, batch)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: Any, options: LayerOptions) -> None:
+        super().__init__()
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
+        rotary_emb = make_rope(config, AttentionShape.from_config(config).head_dim)  # one cache, shared by layers
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, i, options, rotary_emb) for i in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        hidden, residual = self.embed_tokens(input_ids), None  # [n, hidden]
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual, batch)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+
+@register_model("LlamaForCausalLM", "MistralForCausalLM")
+class LlamaForCausalLM(CausalLM):
+    stacked_params = STACKED_PARAMS
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config, self.layer_options(config))
+        self.lm_head = LMHead(config.vocab_size, config.hidden_size)
+        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+        if self.tie_word_embeddings:
+            self.lm_head.tie_to(self.model.embed_tokens)
+
+    @classmethod
+    def layer_options(cls, config: Any) -> LayerOptions:
+        bias = bool(getattr(config, "attention_bias", False))
+        return LayerOptions(qkv_bias=bias, o_bias=bias, mlp_bias=bool(getattr(config, "mlp_bias", False)))
+
+    def forward(self, batch: ForwardBatch) -> torch.Tensor:
+        return self.model(batch.input_ids, batch.positions, batch)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return compute_logits(hidden, self.lm_head)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        ignored = ("rotary_emb.inv_freq",) + (("lm_head.",) if self.tie_word_embeddings else ())
+        load_weights_by_table(self, weights, self.stacked_params, ignored)
+
+    def kv_cache_spec(self) -> KVCacheSpec:
+        shape = AttentionShape.from_config(self.config)
+        return KVCacheSpec(self.config.num_hidden_layers, shape.num_kv_heads, shape.head_dim, shape.head_dim)

@@ -1,0 +1,81 @@
+"""lmlang.testing: the local BPE tokenizer and tiny checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lmlang.testing import make_tiny_checkpoint, make_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(make_tokenizer(tmp_path_factory.mktemp("tok")))
+
+
+def test_tokenizer_round_trips_any_text(tokenizer):
+    assert tokenizer.is_fast and len(tokenizer) == 512
+    for text in ["Hello world!", '{"name": "Alice", "score": 12.5, "ok": true}', "ünïcödé 日本語 🙂\n\tend  "]:
+        ids = tokenizer.encode(text)
+        assert tokenizer.decode(ids) == text
+    assert len(tokenizer.encode("The answer is")) < len("The answer is")  # merges were learned
+
+
+def test_tokenizer_special_tokens_and_chat_template(tokenizer):
+    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == ("<|endoftext|>", "<|im_end|>", "<|endoftext|>")
+    assert tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [0, 1, 2]
+    assert tokenizer.encode("hi") == tokenizer.encode("hi", add_special_tokens=True)  # nothing added
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    with_reply = messages + [{"role": "assistant", "content": "Hello."}]
+    assert tokenizer.apply_chat_template(with_reply, tokenize=False).endswith("<|im_start|>assistant\nHello.<|im_end|>\n")
+    ids = tokenizer.encode("<|im_start|>user\nHi<|im_end|>")
+    assert ids[0] == 1 and ids[-1] == 2  # special tokens are single tokens in text
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "user\nHi"
+
+
+def test_make_tokenizer_is_deterministic(tmp_path):
+    from lmlang.testing.tokenizer import _trained_tokenizer_json
+
+    with open(os.path.join(make_tokenizer(tmp_path / "a", vocab_size=300), "tokenizer.json")) as f:
+        saved = f.read()
+    assert saved == _trained_tokenizer_json.__wrapped__(300)  # trained again, past the in-process cache
+    with pytest.raises(ValueError, match="vocab_size must exceed 259"):
+        make_tokenizer(tmp_path / "c", vocab_size=100)
+
+
+def test_tiny_checkpoint_is_deterministic_per_seed(tmp_path):
+    def weights(name, seed):
+        path = make_tiny_checkpoint(tmp_path / name, "qwen3", seed=seed, num_hidden_layers=1)
+        with open(os.path.join(path, "model.safetensors"), "rb") as f:
+            return f.read()
+
+    assert weights("a", 0) == weights("b", 0)
+    assert weights("a", 0) != weights("c", 1)
+
+
+def test_tiny_checkpoint_config_matches_tokenizer_and_overrides(tmp_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = make_tiny_checkpoint(tmp_path, "llama", num_hidden_layers=1, tie_word_embeddings=True)
+    config, tok = AutoConfig.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    assert config.architectures == ["LlamaForCausalLM"]
+    assert (config.num_hidden_layers, config.tie_word_embeddings, config.hidden_size) == (1, True, 64)
+    assert config.vocab_size == len(tok)
+    assert (config.bos_token_id, config.eos_token_id) == (tok.bos_token_id, tok.eos_token_id)
+    with open(os.path.join(path, "generation_config.json")) as f:
+        assert json.load(f)["eos_token_id"] == [2, 0]
+    with pytest.raises(ValueError, match="unknown arch 'gpt2'"):
+        make_tiny_checkpoint(tmp_path / "x", "gpt2")
+
+
+def test_importing_lmlang_testing_is_cheap():
+    code = "import sys, lmlang.testing\nassert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
