@@ -84,6 +84,12 @@ def launch(kernel: JITFunction | InterpretedFunction, grid: Grid, *args: Any, **
         interpreted[grid](*args, **kwargs)
 
 
+def dot_needs_fp32(t: torch.Tensor) -> bool:
+    """True when a kernel must widen `t`'s tiles to float32 before `tl.dot`: the triton 3.9
+    interpreter multiplies bf16 operands as their raw uint16 bit patterns (numpy has no bf16)."""
+    return t.device.type == "cpu" and t.dtype == torch.bfloat16
+
+
 def next_power_of_2(n: int) -> int:
     """The smallest power of two >= n (>= 1)."""
     return triton.next_power_of_2(max(1, n))
