@@ -47,6 +47,7 @@ class TinyArch:
 
 TINY_ARCHS: dict[str, TinyArch] = {
     "llama": TinyArch("LlamaConfig", "LlamaForCausalLM", _TINY_SHAPE),
+    "mistral": TinyArch("MistralConfig", "MistralForCausalLM", {**_TINY_SHAPE, "sliding_window": None}),
     "qwen2": TinyArch("Qwen2Config", "Qwen2ForCausalLM", {**_TINY_SHAPE, "tie_word_embeddings": True}),
     # head_dim differs from hidden_size / num_attention_heads (16), as in released Qwen3 models
     "qwen3": TinyArch("Qwen3Config", "Qwen3ForCausalLM", {**_TINY_SHAPE, "head_dim": 32}),

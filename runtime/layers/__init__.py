@@ -1,1 +1,9 @@
-"""Building blocks shared by the models: linear, norms, rotary, activations, attention, logits."""
+"""Building blocks shared by the models, one op per module, in plain torch.
+
+`linear` (Linear, StackedLinear with per-shard `weight_loader` hooks), `norm` (RMSNorm with
+fused residual add), `rotary` (`get_rope`: default/linear/dynamic/llama3/yarn, applied by
+position index), `activation` (SiluAndMul), `vocab` (VocabEmbedding, LMHead with tying),
+`attention` (Attention: per-head shapes -> `batch.attn_backend`), `logits` (compute_logits).
+Each op has a single call site (`rms_norm`, `apply_rotary`, ...) where a GPU kernel from
+`lmlang.kernels` can be dispatched later.
+"""

@@ -45,10 +45,11 @@ class Linear(nn.Module):
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
-        self.weight = new_parameter((out_features, in_features), self._load)
-        self.bias = new_parameter((out_features,), self._load) if bias else None
+        self.weight = new_parameter((out_features, in_features), self.weight_loader)
+        self.bias = new_parameter((out_features,), self.weight_loader) if bias else None
 
-    def _load(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Optional[Hashable] = None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Optional[Hashable] = None) -> None:
+        """The hook set on `weight` and `bias`; subclasses that stack or shard override it."""
         default_weight_loader(param, loaded, shard_id)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
@@ -81,7 +82,7 @@ class StackedLinear(Linear):
     def split_sizes(self) -> list:
         return list(self.shard_sizes.values())
 
-    def _load(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Optional[Hashable] = None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Optional[Hashable] = None) -> None:
         if shard_id not in self.shard_offsets:
             raise ValueError(f"stacked projection has shards {list(self.shard_offsets)}, got {shard_id!r}")
         start, size = self.shard_offsets[shard_id]

@@ -25,16 +25,21 @@ PROMPTS = [
     list(range(100, 170)),  # long enough for the rope-scaling bands to matter
     [7, 260, 261, 262, 263, 11, 400, 3, 8, 9, 10, 500, 12],
 ]
-ROPE_VARIANTS = {
-    "linear": {"rope_type": "linear", "factor": 2.0},
-    "llama3": {
-        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 64,
+LLAMA_VARIANTS = {  # config overrides of the tiny llama checkpoint
+    "rope_linear": {"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+    "rope_llama3": {
+        "rope_scaling": {
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        }
     },
-    "yarn": {
-        "rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": 64,  # 2048 / 64
-        "mscale": 1.0, "mscale_all_dim": 0.5,
+    "rope_yarn": {
+        "rope_scaling": {
+            "rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": 64,  # 2048 / 64
+            "mscale": 1.0, "mscale_all_dim": 0.5,
+        }
     },
+    "biases": {"attention_bias": True, "mlp_bias": True},
 }
 
 
@@ -94,7 +99,7 @@ def hf_logits(path: str, prompts: list[list[int]], dtype: torch.dtype = torch.fl
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_ckpt, tmp_path_factory):
-    """`checkpoint(arch, rope_variant="")`: the session's tiny checkpoint, or one with rope scaling."""
+    """`checkpoint(arch, variant="")`: the session's tiny checkpoint, or a llama with LLAMA_VARIANTS overrides."""
     made: dict = {}
 
     def get(arch: str, variant: str = "") -> str:
@@ -102,13 +107,13 @@ def checkpoint(tiny_ckpt, tmp_path_factory):
             return tiny_ckpt(arch)
         if (arch, variant) not in made:
             path = tmp_path_factory.mktemp(f"{arch}_{variant}")
-            made[arch, variant] = make_tiny_checkpoint(path, arch, rope_scaling=ROPE_VARIANTS[variant])
+            made[arch, variant] = make_tiny_checkpoint(path, arch, **LLAMA_VARIANTS[variant])
         return made[arch, variant]
 
     return get
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
 def test_ragged_prefill_then_extend_and_decode_match_transformers(checkpoint, arch):
     path = checkpoint(arch)
     reference = hf_logits(path, PROMPTS)
@@ -131,8 +136,8 @@ def test_ragged_prefill_then_extend_and_decode_match_transformers(checkpoint, ar
         torch.testing.assert_close(torch.cat(got[seq]), ref, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("variant", sorted(ROPE_VARIANTS))
-def test_rope_scaling_matches_transformers(checkpoint, variant):
+@pytest.mark.parametrize("variant", sorted(LLAMA_VARIANTS))
+def test_llama_variants_match_transformers(checkpoint, variant):
     path = checkpoint("llama", variant)
     model, _ = load_model(path, dtype=torch.float32)
     ours = KVSession(model, len(PROMPTS)).forward(dict(enumerate(PROMPTS)))
