@@ -1,0 +1,268 @@
+"""Times every lmlang kernel against its torch reference on the GPU, at real model shapes.
+
+    python benchmarks/kernels.py --out kernels.json [--only rmsnorm,fp8_gemm] [--rep-ms 100]
+
+Shapes are Llama-3.1-8B's (hidden 4096, 32/8 heads of 128, MLP 14336, vocab 128256) and
+DeepSeek-V3's (hidden 7168, 128 heads, MLA latent 512 + rope 64, 256 experts top-8 of width
+2048, FP8 128x128 blocks). Each row gives the kernel's and the reference's median time, and the
+kernel's rate against a physical limit measured in the same run: copy bandwidth (a large
+device-to-device copy) for memory-bound kernels, the bf16 / fp8 dense matmul rate (torch at
+8192^3) for GEMMs. Prints a table and writes everything as JSON to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import pathlib
+import subprocess
+import sys
+from typing import Callable, Optional
+
+import torch
+from triton.testing import do_bench
+
+from lmlang.kernels import activation, bitmask, fp8, fused_moe, kv_store, rmsnorm, rotary
+
+DEV = "cuda"
+BF16 = torch.bfloat16
+
+
+@dataclasses.dataclass
+class Case:
+    kernel: str  # name used by --only
+    shape: str
+    run: Callable[[], object]
+    ref: Callable[[], object]
+    bytes_moved: float = 0.0  # memory-bound kernels: minimal bytes read + written
+    flops: float = 0.0  # GEMMs: useful floating-point operations
+    limit: str = "copy"  # "copy", "bf16_mm" or "fp8_mm"
+    peer: Optional[Callable[[], object]] = None  # another implementation worth comparing with
+    peer_name: str = ""
+
+
+def measure_limits(rep_ms: int) -> dict:
+    """Copy bandwidth (GB/s) and dense matmul rates (TFLOP/s) of this device, measured now."""
+    n = 1 << 30
+    src, dst = torch.empty(n, dtype=torch.uint8, device=DEV), torch.empty(n, dtype=torch.uint8, device=DEV)
+    copy_ms = do_bench(lambda: dst.copy_(src), rep=rep_ms)
+    limits = {"copy_GBps": 2 * n / copy_ms / 1e6}
+    del src, dst
+    a, b = torch.randn(8192, 8192, device=DEV, dtype=BF16), torch.randn(8192, 8192, device=DEV, dtype=BF16)
+    limits["bf16_mm_TFLOPs"] = 2 * 8192**3 / do_bench(lambda: a @ b, rep=rep_ms) / 1e9
+    try:
+        a8, b8 = a.to(fp8.FP8_DTYPE), b.to(fp8.FP8_DTYPE).t()
+        one = torch.ones((), device=DEV)
+        limits["fp8_mm_TFLOPs"] = 2 * 8192**3 / do_bench(
+            lambda: torch._scaled_mm(a8, b8, scale_a=one, scale_b=one, out_dtype=BF16), rep=rep_ms
+        ) / 1e9
+    except (RuntimeError, AttributeError) as e:  # no fp8 tensor cores (pre-Hopper) or no _scaled_mm
+        print(f"fp8 matmul rate not measured: {e}", file=sys.stderr)
+    return limits
+
+
+def _rand(*shape, dtype=BF16, scale=1.0):
+    return torch.randn(*shape, device=DEV, dtype=torch.float32).mul_(scale).to(dtype)
+
+
+def norm_cases() -> list[Case]:
+    out = []
+    for model, d in (("llama8b", 4096), ("dsv3", 7168)):
+        for t in (64, 4096):
+            x, r, w = _rand(t, d), _rand(t, d), _rand(d)
+            out.append(Case("rmsnorm", f"{model} [{t},{d}]", lambda x=x, w=w: rmsnorm.rmsnorm(x, w, 1e-6),
+                            lambda x=x, w=w: rmsnorm.ref_rmsnorm(x, w, 1e-6), bytes_moved=2 * t * d * 2))
+            out.append(Case("fused_add_rmsnorm", f"{model} [{t},{d}]",
+                            lambda x=x, r=r, w=w: rmsnorm.fused_add_rmsnorm(x, r, w, 1e-6),
+                            lambda x=x, r=r, w=w: rmsnorm.ref_fused_add_rmsnorm(x, r, w, 1e-6),
+                            bytes_moved=4 * t * d * 2))
+    return out
+
+
+def rotary_cases() -> list[Case]:
+    out = []
+    for model, hq, hk, hd, neox in (("llama8b", 32, 8, 128, True), ("dsv3-rope", 128, 1, 64, False)):
+        inv = 1.0 / 10000 ** (torch.arange(0, hd, 2, device=DEV).float() / hd)
+        f = torch.arange(8192, device=DEV).float()[:, None] * inv
+        cache = torch.cat([f.cos(), f.sin()], -1)
+        for t in (64, 4096):
+            q, k = _rand(t, hq, hd), _rand(t, hk, hd)
+            pos = torch.randint(0, 8192, (t,), device=DEV)
+            out.append(Case(
+                "rotary", f"{model} T={t} q{hq} k{hk} d{hd}",
+                lambda q=q, k=k, pos=pos, c=cache, n=neox: rotary.apply_rotary(q, k, pos, c, is_neox=n, inplace=True),
+                lambda q=q, k=k, pos=pos, c=cache, n=neox: rotary.ref_apply_rotary(q, k, pos, c, is_neox=n),
+                bytes_moved=2 * t * (hq + hk) * hd * 2,
+            ))
+    return out
+
+
+def activation_cases() -> list[Case]:
+    out = []
+    for model, d in (("llama8b", 14336), ("dsv3-dense", 18432)):
+        for t in (64, 4096):
+            x = _rand(t, 2 * d)
+            out.append(Case("silu_and_mul", f"{model} [{t},{2 * d}]", lambda x=x: activation.silu_and_mul(x),
+                            lambda x=x: activation.ref_silu_and_mul(x), bytes_moved=3 * t * d * 2))
+    return out
+
+
+def kv_store_cases() -> list[Case]:
+    slots, out = 200_000, []
+    for t in (64, 4096):
+        loc = torch.randperm(slots, device=DEV)[:t]
+        kb, vb = torch.empty(slots, 8, 128, device=DEV, dtype=BF16), torch.empty(slots, 8, 128, device=DEV, dtype=BF16)
+        k, v = _rand(t, 8, 128), _rand(t, 8, 128)
+        out.append(Case("store_kv", f"llama8b T={t} [8,128]", lambda a=(kb, vb, loc, k, v): kv_store.store_kv(*a),
+                        lambda a=(kb, vb, loc, k, v): kv_store.ref_store_kv(*a), bytes_moved=2 * 2 * t * 8 * 128 * 2))
+        buf = torch.empty(slots, 1, 576, device=DEV, dtype=BF16)
+        lat, rope = _rand(t, 512), _rand(t, 64)
+        out.append(Case("store_mla_kv", f"dsv3 T={t} [576]", lambda a=(buf, loc, lat, rope): kv_store.store_mla_kv(*a),
+                        lambda a=(buf, loc, lat, rope): kv_store.ref_store_mla_kv(*a), bytes_moved=2 * t * 576 * 2))
+    return out
+
+
+def bitmask_cases() -> list[Case]:
+    out = []
+    for b, v in ((1, 128256), (64, 128256), (64, 129280)):
+        logits = _rand(b, v, dtype=torch.float32)
+        mask = torch.randint(-(2**31), 2**31 - 1, (b, (v + 31) // 32), device=DEV, dtype=torch.int32)
+        out.append(Case("token_bitmask", f"[{b},{v}]",
+                        lambda lg=logits, m=mask: bitmask.apply_token_bitmask_(lg, m),
+                        lambda lg=logits, m=mask: bitmask.ref_apply_token_bitmask(lg, m),
+                        bytes_moved=b * v * 4 + b * v / 8))  # a full write of the logits, an upper bound
+    return out
+
+
+# DeepSeek-V3 linear layers as (name, N, K)
+DSV3_LINEARS = (("q_a+kv_a", 2112, 7168), ("q_b", 24576, 1536), ("o_proj", 7168, 16384),
+                ("dense_gate_up", 36864, 7168), ("dense_down", 7168, 18432))
+
+
+def fp8_cases() -> list[Case]:
+    out = []
+    for m in (1, 64, 4096):
+        x = _rand(m, 7168)
+        out.append(Case("fp8_group_quant", f"[{m},7168]", lambda x=x: fp8.per_token_group_quant_fp8(x),
+                        lambda x=x: fp8.ref_per_token_group_quant_fp8(x), bytes_moved=m * 7168 * 3 + m * 56 * 4))
+    for name, n, k in DSV3_LINEARS:
+        wq, ws = fp8.quant_weight_block_fp8(_rand(n, k, dtype=torch.float32, scale=0.02))
+        w_bf16 = _rand(n, k)
+        for m in (1, 64, 4096):
+            aq, a_s = fp8.per_token_group_quant_fp8(_rand(m, k))
+            a_bf16 = _rand(m, k)
+            out.append(Case("fp8_gemm", f"{name} M={m} N={n} K={k}",
+                            lambda a=(aq, a_s, wq, ws): fp8.fp8_block_gemm(*a),
+                            lambda a=(aq, a_s, wq, ws): fp8.ref_fp8_block_gemm(*a),
+                            bytes_moved=n * k + m * k + 2 * m * n, flops=2 * m * n * k, limit="fp8_mm",
+                            peer=lambda a=a_bf16, w=w_bf16: a @ w.t(), peer_name="torch bf16 matmul"))
+    return out
+
+
+def _fp8_experts(e: int, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random block-quantized expert weights, built one expert at a time (a float32 copy of all
+    256 DeepSeek experts would not fit)."""
+    parts = [fp8.quant_weight_block_fp8(_rand(n, k, dtype=torch.float32, scale=k**-0.5)) for _ in range(e)]
+    return torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+
+
+def _routing(m: int, e: int, k: int):
+    weights, ids = torch.softmax(torch.randn(m, e, device=DEV), -1).topk(k, -1)
+    return weights, ids.to(torch.int32)
+
+
+def moe_cases() -> list[Case]:
+    out = []
+    specs = (("mixtral-8x7b", 8, 2, 4096, 14336, False), ("dsv3", 256, 8, 7168, 2048, True))
+    for model, e, k, h, inter, use_fp8 in specs:
+        if use_fp8:
+            (w13, s13), (w2, s2) = _fp8_experts(e, 2 * inter, h), _fp8_experts(e, h, inter)
+            kw, elem = dict(use_fp8=True, w13_scale=s13, w2_scale=s2), 1
+        else:
+            w13, w2 = _rand(e, 2 * inter, h, scale=h**-0.5), _rand(e, h, inter, scale=inter**-0.5)
+            kw, elem = {}, 2
+        for m in (1, 64, 512, 4096):
+            x = _rand(m, h)
+            tw, ti = _routing(m, e, k)
+            hit = int(torch.unique(ti).numel())
+            out.append(Case(
+                "fused_moe", f"{model} {'fp8' if use_fp8 else 'bf16'} M={m} experts hit={hit}",
+                lambda a=(x, w13, w2, tw, ti), kw=kw: fused_moe.fused_experts(*a, **kw),
+                lambda a=(x, w13, w2, tw, ti), kw=kw: fused_moe.ref_fused_experts(*a, **kw),
+                bytes_moved=hit * 3 * inter * h * elem + 2 * m * h * 2,
+                flops=2 * m * k * 3 * inter * h, limit="fp8_mm" if use_fp8 else "bf16_mm",
+            ))
+    return out
+
+
+GROUPS = (norm_cases, rotary_cases, activation_cases, kv_store_cases, bitmask_cases, fp8_cases, moe_cases)
+
+
+def _rate(case: Case, ms: float, limits: dict) -> tuple[str, Optional[float]]:
+    """(achieved rate text, fraction of the physical limit) of the kernel at `ms`."""
+    gbps = case.bytes_moved / ms / 1e6
+    frac_bw = gbps / limits["copy_GBps"]
+    if not case.flops:
+        return f"{gbps:,.0f} GB/s", frac_bw
+    tflops = case.flops / ms / 1e9
+    peak = limits.get(f"{case.limit}_TFLOPs")
+    frac_mm = tflops / peak if peak else None
+    # a GEMM is bound by whichever limit it is closer to (small M: weight bandwidth)
+    if frac_mm is None or frac_bw > frac_mm:
+        return f"{tflops:,.1f} TF/s {gbps:,.0f} GB/s", frac_bw
+    return f"{tflops:,.1f} TF/s {gbps:,.0f} GB/s", frac_mm
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=pathlib.Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=pathlib.Path, required=True, help="JSON results path")
+    parser.add_argument("--only", default="", help="comma-separated kernel names to run (default: all)")
+    parser.add_argument("--rep-ms", type=int, default=100, help="measurement time per case for do_bench")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks/kernels.py needs a CUDA device")
+    only = {s for s in args.only.split(",") if s}
+
+    limits = measure_limits(args.rep_ms)
+    print(f"device: {torch.cuda.get_device_name()}  " + "  ".join(f"{k}={v:,.1f}" for k, v in limits.items()))
+    rows = []
+    header = (f"{'kernel':<18} {'shape':<44} {'kernel us':>10} {'ref us':>10} {'speedup':>8} {'peer us':>9}  "
+              f"{'rate':<26} {'of limit':>8}")
+    print(header + "\n" + "-" * len(header))
+    for group in GROUPS:
+        for case in group():
+            if only and case.kernel not in only:
+                continue
+            case.run()  # compile outside the timing
+            ms = do_bench(case.run, rep=args.rep_ms)
+            ref_ms = do_bench(case.ref, rep=args.rep_ms)
+            peer_ms = do_bench(case.peer, rep=args.rep_ms) if case.peer else None
+            rate, frac = _rate(case, ms, limits)
+            peer_text = f"{peer_ms * 1e3:>9.1f}" if peer_ms else f"{'-':>9}"
+            print(f"{case.kernel:<18} {case.shape:<44} {ms * 1e3:>10.1f} {ref_ms * 1e3:>10.1f} "
+                  f"{ref_ms / ms:>7.2f}x {peer_text}  {rate:<26} {frac:>8.1%}", flush=True)
+            rows.append(dict(kernel=case.kernel, shape=case.shape, kernel_us=ms * 1e3, ref_us=ref_ms * 1e3,
+                             speedup=ref_ms / ms, peer=case.peer_name or None,
+                             peer_us=peer_ms * 1e3 if peer_ms else None, bytes=case.bytes_moved, flops=case.flops,
+                             rate=rate, fraction_of_limit=frac, limit=case.limit if case.flops else "copy"))
+        torch.cuda.empty_cache()
+    args.out.write_text(json.dumps(dict(
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        device=torch.cuda.get_device_name(), commit=_commit(), torch=torch.__version__,
+        triton=__import__("triton").__version__, limits=limits, results=rows,
+    ), indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
