@@ -1,0 +1,197 @@
+"""MLA decode attention over a latent KV cache (DeepSeek-V2/V3 with weight absorption).
+
+With W_UK absorbed into the query, every head attends over the same cached latent rows
+`[c_kv (kv_lora_rank) | k_pe (rope_dim)]`:
+    score[h, j] = (q_nope_absorbed[h] . c_kv[j] + q_pe[h] . k_pe[j]) * sm_scale
+    out[h]      = sum_j softmax(score[h])[j] * c_kv[j]                     # [kv_lora_rank]
+(the caller applies W_UV to `out`). Since all heads share one KV row, a program takes a block of
+heads, so each latent row is loaded once per head block, not once per head.
+
+Split-K ("flash decoding"): stage 1 splits each request's context into `num_kv_splits` ranges
+and writes per-split partial outputs and log-sum-exps; stage 2 merges them. Context slots come
+as CSR: request b's slots are `kv_indices[kv_indptr[b]:kv_indptr[b + 1]]`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from lmlang.kernels.launch import dot_needs_fp32, launch, next_power_of_2
+
+_BLOCK_H = 16
+_BLOCK_N = 32
+
+
+@triton.jit
+def mla_decode_kernel(
+    q_nope_ptr,  # [B, H, R]
+    q_pe_ptr,  # [B, H, P]
+    kv_ptr,  # [slots, 1, R + P]
+    kv_indptr_ptr,  # [B + 1]
+    kv_indices_ptr,  # [total]
+    mid_out_ptr,  # [B, H, NUM_SPLITS, R] float32
+    mid_lse_ptr,  # [B, H, NUM_SPLITS] float32
+    sm_scale,
+    num_heads,
+    stride_qb, stride_qh, stride_pb, stride_ph, stride_kv,
+    R: tl.constexpr, P: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,  # see launch.dot_needs_fp32
+):
+    b = tl.program_id(0).to(tl.int64)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    split = tl.program_id(2)
+    start = tl.load(kv_indptr_ptr + b)
+    seq_len = tl.load(kv_indptr_ptr + b + 1) - start
+    split_len = tl.cdiv(seq_len, NUM_SPLITS)
+    lo = split * split_len
+    hi = tl.minimum(lo + split_len, seq_len)
+
+    h_mask = offs_h < num_heads
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_p = tl.arange(0, BLOCK_P)
+    r_mask = offs_r < R
+    p_mask = offs_p < P
+    q = tl.load(q_nope_ptr + b * stride_qb + offs_h[:, None] * stride_qh + offs_r[None, :],
+                mask=h_mask[:, None] & r_mask[None, :], other=0.0)
+    q_pe = tl.load(q_pe_ptr + b * stride_pb + offs_h[:, None] * stride_ph + offs_p[None, :],
+                   mask=h_mask[:, None] & p_mask[None, :], other=0.0)
+    if DOT_IN_FP32:
+        q = q.to(tl.float32)
+        q_pe = q_pe.to(tl.float32)
+
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_R], tl.float32)
+    for n0 in range(lo, hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < hi
+        slots = tl.load(kv_indices_ptr + start + offs_n, mask=n_mask, other=0).to(tl.int64)
+        c_kv = tl.load(kv_ptr + slots[:, None] * stride_kv + offs_r[None, :],
+                       mask=n_mask[:, None] & r_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_R]
+        k_pe = tl.load(kv_ptr + slots[:, None] * stride_kv + R + offs_p[None, :],
+                       mask=n_mask[:, None] & p_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
+        if DOT_IN_FP32:
+            c_kv = c_kv.to(tl.float32)
+            k_pe = k_pe.to(tl.float32)
+        score = tl.dot(q, tl.trans(c_kv)) + tl.dot(q_pe, tl.trans(k_pe))  # [BLOCK_H, BLOCK_N]
+        score = tl.where(n_mask[None, :], score * sm_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(score, axis=1))
+        p = tl.exp(score - m_new[:, None])
+        alpha = tl.exp(m_i - m_new)
+        acc = acc * alpha[:, None] + tl.dot(p.to(c_kv.dtype), c_kv)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        m_i = m_new
+
+    nonempty = l_i > 0
+    out = acc / tl.where(nonempty, l_i, 1.0)[:, None]
+    lse = tl.where(nonempty, m_i + tl.log(tl.where(nonempty, l_i, 1.0)), float("-inf"))
+    mid = (b * num_heads + offs_h) * NUM_SPLITS + split  # [BLOCK_H] row of (b, h, split)
+    tl.store(mid_out_ptr + mid[:, None] * R + offs_r[None, :], out, mask=h_mask[:, None] & r_mask[None, :])
+    tl.store(mid_lse_ptr + mid, lse, mask=h_mask)
+
+
+@triton.jit
+def mla_decode_merge_kernel(
+    mid_out_ptr,  # [B * H, NUM_SPLITS, R] float32
+    mid_lse_ptr,  # [B * H, NUM_SPLITS] float32
+    out_ptr,  # [B, H, R]
+    num_heads,
+    stride_ob, stride_oh,
+    R: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)  # b * H + h
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_r = tl.arange(0, BLOCK_R)
+    s_mask = offs_s < NUM_SPLITS
+    lse = tl.load(mid_lse_ptr + row * NUM_SPLITS + offs_s, mask=s_mask, other=float("-inf"))
+    m = tl.max(lse, axis=0)
+    m = tl.where(m > float("-inf"), m, 0.0)  # all splits empty: keep exp's argument finite
+    w = tl.where(lse > float("-inf"), tl.exp(lse - m), 0.0)  # [BLOCK_S]
+    parts = tl.load(mid_out_ptr + (row * NUM_SPLITS + offs_s[:, None]) * R + offs_r[None, :],
+                    mask=s_mask[:, None] & (offs_r[None, :] < R), other=0.0)
+    total = tl.sum(w, axis=0)
+    out = tl.sum(parts * w[:, None], axis=0) / tl.where(total > 0, total, 1.0)
+    b = row // num_heads
+    h = row % num_heads
+    tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_r, out.to(out_ptr.dtype.element_ty), mask=offs_r < R)
+
+
+def _check(q_nope, q_pe, kv_cache, kv_indptr, kv_indices) -> None:
+    if q_nope.dim() != 3 or q_pe.dim() != 3 or q_nope.shape[:2] != q_pe.shape[:2]:
+        raise ValueError(f"mla_decode: q_nope {tuple(q_nope.shape)} and q_pe {tuple(q_pe.shape)} must be [B, H, *]")
+    if kv_cache.dim() != 3 or kv_cache.shape[1] != 1 or kv_cache.shape[2] != q_nope.shape[2] + q_pe.shape[2]:
+        raise ValueError(
+            f"mla_decode: kv_cache {tuple(kv_cache.shape)} must be [slots, 1, {q_nope.shape[2]} + {q_pe.shape[2]}]"
+        )
+    if q_nope.stride(2) != 1 or q_pe.stride(2) != 1 or not kv_cache.is_contiguous():
+        raise ValueError("mla_decode: the feature dims of q_nope / q_pe and the whole kv_cache must be contiguous")
+    if q_nope.dtype != kv_cache.dtype or q_pe.dtype != kv_cache.dtype:
+        raise ValueError(f"mla_decode: q dtypes {q_nope.dtype}/{q_pe.dtype} differ from the cache's {kv_cache.dtype}")
+    if kv_indptr.shape != (q_nope.shape[0] + 1,) or kv_indices.dim() != 1:
+        raise ValueError(f"mla_decode: kv_indptr must be [B + 1] = [{q_nope.shape[0] + 1}] and kv_indices 1-D")
+    if len({t.device for t in (q_nope, q_pe, kv_cache, kv_indptr, kv_indices)}) != 1:
+        raise ValueError("mla_decode: all tensors must be on one device")
+
+
+def mla_decode(
+    q_nope_absorbed: torch.Tensor,
+    q_pe: torch.Tensor,
+    kv_cache: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_indices: torch.Tensor,
+    sm_scale: float,
+    num_kv_splits: int = 8,
+) -> torch.Tensor:
+    """Decode attention of B one-token queries over their latent contexts.
+
+    q_nope_absorbed: [B, H, R]; q_pe: [B, H, P] (rotated); kv_cache: [slots, 1, R + P];
+    kv_indptr: [B + 1] int32/int64; kv_indices: [kv_indptr[-1]] slots. Returns [B, H, R] in the
+    query dtype. A request with an empty context gets zeros.
+    """
+    _check(q_nope_absorbed, q_pe, kv_cache, kv_indptr, kv_indices)
+    b, h, r = q_nope_absorbed.shape
+    p = q_pe.shape[2]
+    out = torch.empty(b, h, r, dtype=q_nope_absorbed.dtype, device=q_nope_absorbed.device)
+    if b == 0 or h == 0:
+        return out
+    mid_out = torch.empty(b, h, num_kv_splits, r, dtype=torch.float32, device=out.device)
+    mid_lse = torch.empty(b, h, num_kv_splits, dtype=torch.float32, device=out.device)
+    launch(
+        mla_decode_kernel, (b, triton.cdiv(h, _BLOCK_H), num_kv_splits),
+        q_nope_absorbed, q_pe, kv_cache, kv_indptr, kv_indices, mid_out, mid_lse, sm_scale, h,
+        q_nope_absorbed.stride(0), q_nope_absorbed.stride(1), q_pe.stride(0), q_pe.stride(1), kv_cache.stride(0),
+        R=r, P=p, NUM_SPLITS=num_kv_splits, BLOCK_H=_BLOCK_H, BLOCK_N=_BLOCK_N,
+        BLOCK_R=next_power_of_2(r), BLOCK_P=max(16, next_power_of_2(p)),
+        DOT_IN_FP32=dot_needs_fp32(kv_cache), num_warps=4, num_stages=2,
+    )
+    launch(
+        mla_decode_merge_kernel, (b * h,), mid_out, mid_lse, out, h, out.stride(0), out.stride(1),
+        R=r, NUM_SPLITS=num_kv_splits, BLOCK_S=next_power_of_2(num_kv_splits), BLOCK_R=next_power_of_2(r),
+        num_warps=4,
+    )
+    return out
+
+
+def ref_mla_decode(
+    q_nope_absorbed: torch.Tensor,
+    q_pe: torch.Tensor,
+    kv_cache: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_indices: torch.Tensor,
+    sm_scale: float,
+) -> torch.Tensor:
+    """Torch reference for `mla_decode`, one request at a time in float32."""
+    r = q_nope_absorbed.shape[2]
+    out = torch.zeros(q_nope_absorbed.shape, dtype=torch.float32, device=q_nope_absorbed.device)
+    bounds = kv_indptr.tolist()
+    for b in range(q_nope_absorbed.shape[0]):
+        rows = kv_cache[kv_indices[bounds[b] : bounds[b + 1]].long(), 0].float()  # [n, R + P]
+        if rows.shape[0] == 0:
+            continue
+        c_kv, k_pe = rows[:, :r], rows[:, r:]
+        score = (q_nope_absorbed[b].float() @ c_kv.t() + q_pe[b].float() @ k_pe.t()) * sm_scale  # [H, n]
+        out[b] = torch.softmax(score, dim=-1) @ c_kv
+    return out.to(q_nope_absorbed.dtype)
