@@ -52,7 +52,7 @@ class CompileOptions:
     timeout_s: limit on the wall time spent building one automaton.
     """
 
-    max_dfa_states: int = 20000
+    max_dfa_states: int = 50_000
     timeout_s: float = 10.0
 
 
@@ -85,7 +85,7 @@ def compile_grammar(
     from .cfg import load_cfg
     from .cfg_matcher import CompiledCFG
 
-    return CompiledCFG(load_cfg(source, start, options), tokenizer_info, kind="grammar", source=source)
+    return CompiledCFG(load_cfg(source, start, options), tokenizer_info, kind="grammar", source=source, options=options)
 
 
 def canonical_schema(schema: dict | str) -> str:

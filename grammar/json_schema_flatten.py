@@ -1,0 +1,243 @@
+"""Flattening: a conjunction of schemas (`allOf`, `$ref` with siblings) -> one `Flat` constraint set.
+
+`flatten(doc, roots)` walks every root schema, follows `allOf` and `$ref` (in drafts up to 7 a
+`$ref` replaces its siblings, as those drafts say; later drafts conjoin them), and combines the
+keywords exactly: types intersect, bounds take the tighter side, `required` unites. Keywords whose
+meaning depends on their siblings (`additionalProperties` on `properties`, `items` on
+`prefixItems`) are kept per schema object (`ObjectPart`, `ArrayPart`) and combined when the
+object or array is built. `anyOf`/`oneOf` are left as disjunctions for the caller to distribute.
+A schema object reached twice is read once (A and A is A), which also ends `$ref` cycles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from .json_schema_document import TYPE_KEYWORDS, UNSUPPORTED_KEYWORDS, SchemaDocument
+from .json_schema_numbers import Bound, tighter_lower, tighter_upper
+
+# "number" is split so that intersecting with "integer" is plain set intersection.
+ALL_TYPES = frozenset({"null", "boolean", "integer", "fraction", "string", "array", "object"})
+_TYPE_SETS = {
+    "null": {"null"}, "boolean": {"boolean"}, "integer": {"integer"}, "number": {"integer", "fraction"},
+    "string": {"string"}, "array": {"array"}, "object": {"object"},
+}
+
+
+@dataclass(frozen=True)
+class Located:
+    """A schema with the base URI its references resolve against and its JSON path."""
+
+    schema: Any
+    base: str
+    path: str
+
+    def child(self, schema: Any, token: str) -> "Located":
+        return Located(schema, self.base, f"{self.path}/{token}")
+
+
+@dataclass
+class ObjectPart:
+    """The object keywords of one schema object (additionalProperties depends on its siblings)."""
+
+    properties: dict[str, Located]
+    patterns: dict[str, Located]
+    additional: Located | None
+    path: str
+
+
+@dataclass
+class ArrayPart:
+    """The array keywords of one schema object: positional schemas and the schema of the rest."""
+
+    prefix: list[Located]
+    rest: Located | None
+    path: str
+
+
+@dataclass
+class Disjunction:
+    kind: str  # "anyOf" or "oneOf"
+    key: int  # identity of the keyword's list, so that each disjunction is distributed once
+    branches: list[Located]
+    path: str
+
+
+@dataclass
+class Flat:
+    """The combined constraints of a conjunction of schemas."""
+
+    types: frozenset | None = None
+    keyword_types: set = field(default_factory=set)
+    unsat: str | None = None
+    lower: Bound | None = None
+    upper: Bound | None = None
+    bound_paths: list = field(default_factory=list)
+    multiple_of: list = field(default_factory=list)
+    min_length: int = 0
+    max_length: int | None = None
+    patterns: list = field(default_factory=list)
+    formats: list = field(default_factory=list)
+    min_items: int = 0
+    max_items: int | None = None
+    unique_items: str | None = None
+    arrays: list = field(default_factory=list)
+    min_properties: int = 0
+    max_properties: int | None = None
+    required: list = field(default_factory=list)
+    objects: list = field(default_factory=list)
+    property_names: list = field(default_factory=list)
+    nots: list = field(default_factory=list)
+    disjunctions: list = field(default_factory=list)
+    finite: list | None = None
+    unsupported: list = field(default_factory=list)
+
+    def allowed_types(self) -> frozenset:
+        """The declared types, else the types named by the keywords present (a tightening for
+        schemas like {"properties": ...}: only objects are generated), else every type."""
+        if self.types is not None:
+            return self.types
+        if self.keyword_types:
+            return frozenset().union(*(_TYPE_SETS[t] for t in self.keyword_types))
+        return ALL_TYPES
+
+
+def _bound(value: Any) -> Fraction:
+    return Fraction(value)
+
+
+def flatten(doc: SchemaDocument, roots: list[Located], resolved: frozenset = frozenset()) -> Flat:
+    """Combine `roots` (and everything they conjoin) into one Flat; disjunctions whose list id is
+    in `resolved` were already distributed by the caller and are skipped."""
+    flat = Flat()
+    seen: set[int] = set()
+    stack = list(reversed(roots))
+    while stack:
+        loc = stack.pop()
+        schema = loc.schema
+        if id(schema) in seen and isinstance(schema, dict):
+            continue
+        seen.add(id(schema))
+        if schema is True:
+            continue
+        if schema is False:
+            flat.unsat = flat.unsat or f"the schema at {loc.path} is false"
+            continue
+        ref = schema.get("$ref")
+        if isinstance(ref, str):
+            target, base, path = doc.resolve(ref, doc.base_of(schema, loc.base), loc.path)
+            stack.append(Located(target, base, path))
+            if doc.draft <= 7:
+                continue
+        _read(doc, flat, loc, stack, resolved)
+    return flat
+
+
+def _read(doc: SchemaDocument, flat: Flat, loc: Located, stack: list, resolved: frozenset) -> None:
+    s, path = loc.schema, loc.path
+    for keyword in s:
+        for type_name, keywords in TYPE_KEYWORDS.items():
+            if keyword in keywords:
+                flat.keyword_types.add(type_name)
+        if keyword in UNSUPPORTED_KEYWORDS:
+            flat.unsupported.append((keyword, f"{path}/{keyword}"))
+    if "type" in s:
+        names = s["type"] if isinstance(s["type"], list) else [s["type"]]
+        types = frozenset().union(*(_TYPE_SETS.get(n, set()) for n in names))
+        flat.types = types if flat.types is None else flat.types & types
+    for keyword in ("enum", "const"):
+        if keyword in s:
+            values = s["enum"] if keyword == "enum" else [s["const"]]
+            flat.finite = list(values) if flat.finite is None else [v for v in flat.finite if v in values]
+    _read_numbers(doc, flat, s, path)
+    if "minLength" in s:
+        flat.min_length = max(flat.min_length, int(s["minLength"]))
+    if "maxLength" in s:
+        flat.max_length = _min_opt(flat.max_length, int(s["maxLength"]))
+    if "pattern" in s:
+        flat.patterns.append((s["pattern"], f"{path}/pattern"))
+    if isinstance(s.get("format"), str):
+        flat.formats.append((s["format"], f"{path}/format"))
+    if "minItems" in s:
+        flat.min_items = max(flat.min_items, int(s["minItems"]))
+    if "maxItems" in s:
+        flat.max_items = _min_opt(flat.max_items, int(s["maxItems"]))
+    if s.get("uniqueItems") is True:
+        flat.unique_items = f"{path}/uniqueItems"
+    if "minProperties" in s:
+        flat.min_properties = max(flat.min_properties, int(s["minProperties"]))
+    if "maxProperties" in s:
+        flat.max_properties = _min_opt(flat.max_properties, int(s["maxProperties"]))
+    for name in s.get("required", []) if isinstance(s.get("required"), list) else []:
+        if name not in flat.required:
+            flat.required.append(name)
+    if any(k in s for k in ("properties", "patternProperties", "additionalProperties")):
+        flat.objects.append(
+            ObjectPart(
+                {k: loc.child(v, f"properties/{_token(k)}") for k, v in s.get("properties", {}).items()},
+                {k: loc.child(v, f"patternProperties/{_token(k)}") for k, v in s.get("patternProperties", {}).items()},
+                loc.child(s["additionalProperties"], "additionalProperties") if "additionalProperties" in s else None,
+                path,
+            )
+        )
+    _read_array(doc, flat, loc)
+    if "propertyNames" in s:
+        flat.property_names.append(loc.child(s["propertyNames"], "propertyNames"))
+    if "not" in s:
+        flat.nots.append(loc.child(s["not"], "not"))
+    if "if" in s and ("then" in s or "else" in s):
+        flat.unsupported.append(("if", f"{path}/if"))
+    for index, sub in enumerate(s.get("allOf", [])):
+        stack.append(loc.child(sub, f"allOf/{index}"))
+    for kind in ("anyOf", "oneOf"):
+        if kind in s and id(s[kind]) not in resolved:
+            branches = [loc.child(sub, f"{kind}/{i}") for i, sub in enumerate(s[kind])]
+            flat.disjunctions.append(Disjunction(kind, id(s[kind]), branches, f"{path}/{kind}"))
+
+
+def _read_numbers(doc: SchemaDocument, flat: Flat, s: dict, path: str) -> None:
+    for keyword in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        value = s.get(keyword)
+        if value is None or isinstance(value, bool):
+            continue
+        if doc.draft == 4 and keyword.startswith("exclusive"):
+            continue
+        flat.bound_paths.append(f"{path}/{keyword}")
+        lower = keyword.endswith("inimum")
+        inclusive = not keyword.startswith("exclusive")
+        if doc.draft == 4:
+            inclusive = s.get("exclusiveMinimum" if lower else "exclusiveMaximum") is not True
+        bound = Bound(_bound(value), inclusive)
+        if lower:
+            flat.lower = tighter_lower(flat.lower, bound)
+        else:
+            flat.upper = tighter_upper(flat.upper, bound)
+    if "multipleOf" in s:
+        flat.multiple_of.append((s["multipleOf"], f"{path}/multipleOf"))
+
+
+def _read_array(doc: SchemaDocument, flat: Flat, loc: Located) -> None:
+    s = loc.schema
+    if doc.draft == 2020:
+        if "prefixItems" not in s and "items" not in s:
+            return
+        prefix = [loc.child(v, f"prefixItems/{i}") for i, v in enumerate(s.get("prefixItems", []))]
+        rest = loc.child(s["items"], "items") if "items" in s else None
+    elif isinstance(s.get("items"), list):
+        prefix = [loc.child(v, f"items/{i}") for i, v in enumerate(s["items"])]
+        rest = loc.child(s["additionalItems"], "additionalItems") if "additionalItems" in s else None
+    elif "items" in s:
+        prefix, rest = [], loc.child(s["items"], "items")
+    else:
+        return
+    flat.arrays.append(ArrayPart(prefix, rest, loc.path))
+
+
+def _min_opt(a: int | None, b: int) -> int:
+    return b if a is None else min(a, b)
+
+
+def _token(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")

@@ -1,0 +1,232 @@
+"""Objects and arrays of a flattened schema as grammar IR.
+
+Objects. Properties are emitted in schema order (the order of `properties`, then `required`
+names that `properties` does not list); required ones are mandatory, optional ones optional.
+Then come the properties the schema does not name, if it allows any:
+
+- `patternProperties` keys match their pattern (patterns must be provably disjoint, match no named
+  property, and `additionalProperties` must be false or absent);
+- `additionalProperties: true` or a schema: any key except the named ones (the key language is
+  the exact complement of the named keys over canonically serialized keys).
+
+An object schema that names properties but says nothing about `additionalProperties` gets no
+unnamed properties (a sound tightening, as in OpenAI structured outputs and XGrammar's strict
+mode); `{"type": "object"}` alone still means any object. Unnamed keys may repeat; a JSON parser
+keeps the last value, which is valid like every other one.
+
+Arrays: positional schemas (`prefixItems`, or `items` as a list before 2020-12), then the rest
+schema, within `minItems`..`maxItems`. `uniqueItems: true` is refused unless at most one item.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from .errors import GrammarError
+from .json_schema_ecma import PatternError, pattern_regex
+from .json_schema_flatten import Flat, Located
+from .json_schema_ir import EMPTY, Lit, Node, Pat, alt, opt, rep, seq
+from .json_schema_strings import json_literal, key_complement_regex, regex_fsm
+
+if TYPE_CHECKING:
+    from .json_schema import _Builder
+
+_REQUIRED, _OPTIONAL, _STAR = "required", "optional", "star"
+
+
+def comma_sequence(builder: "_Builder", items: list[tuple[Node, str]], sep: Node) -> Node | None:
+    """Comma-separated items in the given order (None if no item at all can appear).
+
+    Required items must appear, optional ones at most once, star ones any number of times."""
+    first_required = next((i for i, (_, kind) in enumerate(items) if kind == _REQUIRED), None)
+
+    def after(node: Node, kind: str) -> Node:
+        sep_node = seq(sep, node)
+        return sep_node if kind == _REQUIRED else rep(sep_node, 0, 1 if kind == _OPTIONAL else None)
+
+    if first_required is not None:
+        before = [rep(seq(node, sep), 0, 1 if kind == _OPTIONAL else None) for node, kind in items[:first_required]]
+        tail = [after(node, kind) for node, kind in items[first_required + 1 :]]
+        return seq(*before, items[first_required][0], *tail)
+    # All optional: choose the first item present; the tails are shared rules.
+    options = []
+    tail: Node = EMPTY
+    for node, kind in reversed(items):
+        head = seq(node, rep(seq(sep, node), 0, None)) if kind == _STAR else node
+        options.append(seq(head, tail))
+        tail = builder.shared(seq(after(node, kind), tail))
+    return alt(*reversed(options))
+
+
+def build_object(builder: "_Builder", flat: Flat, origin: Located) -> Node | None:
+    """The object language of `flat` (None if no object satisfies it)."""
+    parts = flat.objects
+    names: list[str] = []
+    for part in parts:
+        names += [k for k in part.properties if k not in names]
+    names += [k for k in flat.required if k not in names]
+    items: list[tuple[Node, str]] = []
+    for name in names:
+        required = name in flat.required
+        value = _named_value(builder, parts, name, origin)
+        if value is not None and not all(builder.doc.is_valid(pn.schema, name) for pn in flat.property_names):
+            value = None
+        if value is None:
+            if required:
+                builder.note_unsat(f"required property {name!r} at {origin.path} cannot be satisfied")
+                return None
+            continue
+        items.append((seq(Lit(json_literal(name)), builder.tok(":"), value), _REQUIRED if required else _OPTIONAL))
+    star = _unnamed_properties(builder, flat, names, origin)
+    items += [(node, _STAR) for node in star]
+    n_required = sum(kind == _REQUIRED for _, kind in items)
+    if flat.max_properties is not None and n_required > flat.max_properties:
+        builder.note_unsat(f"maxProperties at {origin.path} is below the number of required properties")
+        return None
+    if flat.max_properties is not None and (star or len(items) > flat.max_properties):
+        raise GrammarError(f"maxProperties at {origin.path} cannot be compiled exactly here")
+    if flat.min_properties > n_required and flat.min_properties != 1:
+        raise GrammarError(f"minProperties at {origin.path} cannot be compiled exactly here")
+    content = comma_sequence(builder, items, builder.tok(",")) if items else None
+    empty = None if n_required or flat.min_properties > 0 else seq(builder.tok("{"), builder.tok("}"))
+    full = None if content is None else seq(builder.tok("{"), content, builder.tok("}"))
+    node = alt(empty, full)
+    if node is None:
+        builder.note_unsat(f"no object satisfies minProperties at {origin.path}")
+    return node
+
+
+def _named_value(builder: "_Builder", parts: list, name: str, origin: Located) -> Node | None:
+    """The value language of a named property: the conjunction of what every part requires."""
+    locs = []
+    for part in parts:
+        if name in part.properties:
+            locs.append(part.properties[name])
+            continue
+        matching = [loc for pattern, loc in part.patterns.items() if _pattern_matches(pattern, name, loc.path)]
+        if matching:
+            locs += matching
+        elif part.additional is not None:
+            locs.append(part.additional)
+    return builder.conjunction(locs, origin, name)
+
+
+def _pattern_matches(pattern: str, name: str, path: str) -> bool:
+    """Whether a key pattern applies to `name` under the ECMA reading or Python's."""
+    try:
+        ours = re.fullmatch(pattern_regex(pattern), json_literal(name)[1:-1]) is not None
+    except PatternError as e:
+        raise GrammarError(f"patternProperties pattern at {path}: {e}") from None
+    try:
+        return ours or re.search(pattern, name) is not None
+    except re.error:
+        return ours
+
+
+def _unnamed_properties(builder: "_Builder", flat: Flat, names: list[str], origin: Located) -> list[Node]:
+    """Star items for properties that `properties`/`required` do not name."""
+    parts = flat.objects
+    if not parts:
+        if flat.property_names:
+            raise GrammarError(f"propertyNames at {flat.property_names[0].path} with unnamed properties")
+        return [_additional_item(builder, names, [], origin)]
+    pattern_parts = [part for part in parts if part.patterns]
+    additional = []
+    for part in parts:
+        if part.additional is None:
+            if (part.properties or part.patterns) and builder.strict:
+                return _pattern_items(builder, flat, pattern_parts, names) if pattern_parts else []
+        elif part.additional.schema is False:
+            return _pattern_items(builder, flat, pattern_parts, names) if pattern_parts else []
+        else:
+            additional.append(part.additional)
+    if pattern_parts:
+        raise GrammarError(
+            f"patternProperties at {pattern_parts[0].path} with additionalProperties other than false"
+        )
+    if flat.property_names:
+        raise GrammarError(f"propertyNames at {flat.property_names[0].path} with unnamed properties")
+    item = _additional_item(builder, names, additional, origin)
+    return [] if item is None else [item]
+
+
+def _additional_item(builder: "_Builder", names: list[str], locs: list[Located], origin: Located) -> Node | None:
+    keys = key_complement_regex(names)
+    value = builder.conjunction(locs, origin, "additionalProperties")
+    if keys is None or value is None:
+        return None
+    return seq(Pat(f'"{keys}"'), builder.tok(":"), value)
+
+
+def _pattern_items(builder: "_Builder", flat: Flat, pattern_parts: list, names: list[str]) -> list[Node]:
+    if len(flat.objects) > 1:
+        raise GrammarError(f"patternProperties at {pattern_parts[0].path} combined with other object schemas")
+    if flat.property_names:
+        raise GrammarError(f"propertyNames at {flat.property_names[0].path} with patternProperties")
+    part = pattern_parts[0]
+    items, fsms = [], []
+    for pattern, loc in part.patterns.items():
+        clash = [name for name in names if _pattern_matches(pattern, name, loc.path)]
+        if clash:
+            raise GrammarError(f"patternProperties at {loc.path} also matches the named property {clash[0]!r}")
+        try:
+            keys = pattern_regex(pattern)
+        except PatternError as e:
+            raise GrammarError(f"patternProperties pattern at {loc.path}: {e}") from None
+        fsm = regex_fsm(keys)
+        if any(not fsm.isdisjoint(other) for other in fsms):
+            raise GrammarError(f"patternProperties at {loc.path}: patterns overlap (keys would need both schemas)")
+        fsms.append(fsm)
+        value = builder.gen(loc)
+        if value is not None and keys is not None:
+            items.append(seq(Pat(f'"{keys}"'), builder.tok(":"), value))
+    return items
+
+
+def build_array(builder: "_Builder", flat: Flat, origin: Located) -> Node | None:
+    """The array language of `flat` (None if no array satisfies it)."""
+    parts = flat.arrays
+    n_prefix = max((len(p.prefix) for p in parts), default=0)
+    max_items = flat.max_items
+    elements: list[Node] = []
+    for index in range(n_prefix):
+        if max_items is not None and index >= max_items:
+            break
+        locs = [p.prefix[index] if index < len(p.prefix) else p.rest for p in parts]
+        node = builder.conjunction([loc for loc in locs if loc is not None], origin, f"item {index}")
+        if node is None:
+            max_items = index
+            break
+        elements.append(node)
+    rest = builder.conjunction([p.rest for p in parts if p.rest is not None], origin, "items")
+    if rest is None and len(elements) == n_prefix:
+        max_items = len(elements) if max_items is None else min(max_items, len(elements))
+    min_items = flat.min_items
+    if max_items is not None and min_items > max_items:
+        builder.note_unsat(f"no array at {origin.path} has between {min_items} and {max_items} items")
+        return None
+    if flat.unique_items and (max_items is None or max_items > 1):
+        raise GrammarError(f"uniqueItems at {flat.unique_items} (arrays of more than one item)")
+    sep = builder.tok(",")
+    # tail[i]: the items from index i on, given that item i-1 is present (each starts with a comma).
+    n = len(elements)
+    rest_lo = max(0, min_items - n)
+    rest_hi = None if max_items is None else max_items - n
+    tail: Node = rep(seq(sep, rest), rest_lo, rest_hi)
+    for index in range(n - 1, 0, -1):
+        step = seq(sep, elements[index], tail)
+        tail = step if index < min_items else opt(step)
+    if n:
+        first = seq(elements[0], tail)
+    elif rest is not None and (max_items is None or max_items > 0):
+        first = seq(rest, rep(seq(sep, rest), max(0, min_items - 1), None if max_items is None else max_items - 1))
+    else:
+        first = None
+    full = None if first is None else seq(builder.tok("["), first, builder.tok("]"))
+    empty = seq(builder.tok("["), builder.tok("]")) if min_items == 0 else None
+    node = alt(empty, full)
+    if node is None:
+        builder.note_unsat(f"no array satisfies the schema at {origin.path}")
+    return node
+

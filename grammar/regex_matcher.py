@@ -1,0 +1,145 @@
+"""Regex constraints: `CompiledRegex` (per-DFA-state token masks, cached) and `RegexMatcher`.
+
+The mask of a DFA state is computed once by walking the whole token trie through the DFA
+(grammar/token_trie.py) and cached on the compiled regex, so the steady-state cost of
+`fill_bitmask` is a dict lookup and a copy into the buffer row.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from .bitmask import as_numpy_rows
+from .byte_dfa import ByteDFA
+from .matcher import CompiledGrammar, GrammarMatcher
+from .tokenizer_info import TokenizerInfo
+
+MAX_FORCED_BYTES = 4096
+
+
+def complete_utf8_prefix(data: bytes) -> str:
+    """The longest prefix of `data` that is whole UTF-8 characters, decoded."""
+    for cut in range(len(data), max(len(data) - 4, -1), -1):
+        try:
+            return data[:cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return data.decode("utf-8", errors="ignore")
+
+
+class CompiledRegex(CompiledGrammar):
+    """A regex's byte DFA for one tokenizer, with lazily cached per-state token masks."""
+
+    def __init__(self, dfa: ByteDFA, tokenizer_info: TokenizerInfo, kind: str = "regex", source: str = ""):
+        self.dfa = dfa
+        self.kind = kind
+        self.source = source
+        self._info = tokenizer_info
+        self._masks: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def tokenizer_info(self) -> TokenizerInfo:
+        return self._info
+
+    def matcher(self) -> "RegexMatcher":
+        return RegexMatcher(self)
+
+    def state_mask(self, state: int) -> np.ndarray:
+        """int32 [num_words]: tokens allowed in DFA state `state` (eos not included). Read-only."""
+        mask = self._masks.get(state)
+        if mask is None:
+            trie = self._info.trie
+            mask = trie.walk(trie.full_forest, self.dfa.table, self.dfa.byte_class, state).allowed
+            mask.flags.writeable = False
+            with self._lock:
+                mask = self._masks.setdefault(state, mask)
+        return mask
+
+    @property
+    def num_cached_states(self) -> int:
+        return len(self._masks)
+
+
+class RegexMatcher(GrammarMatcher):
+    """Matcher state: the DFA state, whether eos was accepted, and the history for rollback."""
+
+    def __init__(self, compiled: CompiledRegex, state: int = 0, terminated: bool = False, history: list | None = None):
+        self._compiled = compiled
+        self._dfa = compiled.dfa
+        self._state = state
+        self._terminated = terminated
+        self._history: list[tuple[int, bool]] = history if history is not None else []
+
+    @property
+    def tokenizer_info(self) -> TokenizerInfo:
+        return self._compiled.tokenizer_info
+
+    @property
+    def num_steps(self) -> int:
+        return len(self._history)
+
+    def fill_bitmask(self, buf: Any, row: int = 0) -> None:
+        rows = as_numpy_rows(buf)
+        info = self._compiled.tokenizer_info
+        if self._terminated:
+            rows[row] = info.eos_bits
+            return
+        rows[row] = self._compiled.state_mask(self._state)
+        if self._dfa.accept[self._state]:
+            rows[row] |= info.eos_bits
+
+    def accept(self, token_id: int) -> bool:
+        info = self._compiled.tokenizer_info
+        if self._terminated or not 0 <= token_id < info.vocab_size:
+            return False
+        if token_id in info.eos_token_ids:
+            if not self._dfa.accept[self._state]:
+                return False
+            self._history.append((self._state, self._terminated))
+            self._terminated = True
+            return True
+        data = info.token_bytes[token_id]
+        return data is not None and self.accept_bytes(data)
+
+    def accept_bytes(self, data: bytes) -> bool:
+        if self._terminated:
+            return False
+        nxt = self._dfa.run(data, self._state)
+        if nxt < 0:
+            return False
+        self._history.append((self._state, self._terminated))
+        self._state = nxt
+        return True
+
+    def rollback(self, num_steps: int = 1) -> None:
+        if not 0 <= num_steps <= len(self._history):
+            raise ValueError(f"cannot roll back {num_steps} steps; {len(self._history)} in history")
+        if num_steps:
+            self._state, self._terminated = self._history[-num_steps]
+            del self._history[-num_steps:]
+
+    def fork(self) -> "RegexMatcher":
+        return RegexMatcher(self._compiled, self._state, self._terminated, list(self._history))
+
+    def can_terminate(self) -> bool:
+        return not self._terminated and bool(self._dfa.accept[self._state])
+
+    def is_done(self) -> bool:
+        return self._terminated or self._dfa.live_bytes(self._state).shape[0] == 0
+
+    def forced_text(self) -> str:
+        if self._terminated:
+            return ""
+        out = bytearray()
+        state = self._state
+        while not self._dfa.accept[state] and len(out) < MAX_FORCED_BYTES:
+            live = self._dfa.live_bytes(state)
+            if live.shape[0] != 1:
+                break
+            out.append(int(live[0]))
+            state = self._dfa.step(state, int(live[0]))
+        return complete_utf8_prefix(bytes(out))
