@@ -4,7 +4,7 @@
 
 Shapes are Llama-3.1-8B's (hidden 4096, 32/8 heads of 128, MLP 14336, vocab 128256) and
 DeepSeek-V3's (hidden 7168, 128 heads, MLA latent 512 + rope 64, 256 experts top-8 of width
-2048, FP8 128x128 blocks). Each row gives the kernel's and the reference's median time, and the
+2048, FP8 128x128 blocks); speculative-decoding trees of 8-64 draft tokens over 2-4k prefixes. Each row gives the kernel's and the reference's median time, and the
 kernel's rate against a physical limit measured in the same run: copy bandwidth (a large
 device-to-device copy) for memory-bound kernels, the bf16 / fp8 dense matmul rate (torch at
 8192^3) for GEMMs. Prints a table and writes everything as JSON to `--out`.
@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import torch
 from triton.testing import do_bench
 
-from lmlang.kernels import activation, bitmask, fp8, fused_moe, kv_store, rmsnorm, rotary
+from lmlang.kernels import activation, bitmask, fp8, fused_moe, kv_store, mla_decode, rmsnorm, rotary, tree_attention
 
 DEV = "cuda"
 BF16 = torch.bfloat16
@@ -197,7 +197,49 @@ def moe_cases() -> list[Case]:
     return out
 
 
-GROUPS = (norm_cases, rotary_cases, activation_cases, kv_store_cases, bitmask_cases, fp8_cases, moe_cases)
+def _csr(lens: list[int], slots: int):
+    """(indptr int32 [B + 1], scattered slot indices [sum(lens)]) for contexts of these lengths."""
+    indptr = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device=DEV)
+    return indptr, torch.randperm(slots, device=DEV)[: sum(lens)]
+
+
+def attention_cases() -> list[Case]:
+    out = []
+    slots = 600_000
+    cache = _rand(slots, 1, 576)
+    for b, ctx in ((1, 4096), (32, 4096), (64, 8192), (128, 2048)):
+        indptr, indices = _csr([ctx] * b, slots)
+        qn, qp = _rand(b, 128, 512), _rand(b, 128, 64)
+        out.append(Case(
+            "mla_decode", f"dsv3 H=128 B={b} ctx={ctx}",
+            lambda a=(qn, qp, cache, indptr, indices): mla_decode.mla_decode(*a, 192**-0.5),
+            lambda a=(qn, qp, cache, indptr, indices): mla_decode.ref_mla_decode(*a, 192**-0.5),
+            bytes_moved=b * ctx * 576 * 2, flops=2 * b * 128 * ctx * (576 + 512), limit="bf16_mm",
+        ))
+    del cache
+    k_buf, v_buf = _rand(slots, 8, 128), _rand(slots, 8, 128)
+    for b, prefix, tree in ((1, 4096, 64), (16, 4096, 16), (64, 2048, 8)):
+        lens = [prefix + tree] * b
+        kv_indptr, kv_indices = _csr(lens, slots)
+        qo_indptr = torch.arange(0, b + 1, device=DEV, dtype=torch.int32) * tree
+        q = _rand(b * tree, 32, 128)
+        mask = torch.ones(b * tree, prefix + tree, dtype=torch.bool, device=DEV)
+        tri = torch.eye(tree, dtype=torch.bool, device=DEV)  # a binary draft tree: node i's parent is (i - 1) // 2
+        for i in range(1, tree):
+            tri[i] |= tri[(i - 1) // 2]
+        mask[:, prefix:] = tri.repeat(b, 1)
+        args = (q, k_buf, v_buf, qo_indptr, kv_indptr, kv_indices, 128**-0.5, mask)
+        out.append(Case(
+            "tree_attention", f"llama8b B={b} prefix={prefix} tree={tree}",
+            lambda a=args, t=tree: tree_attention.tree_attention(*a, max_qo_len=t),
+            lambda a=args: tree_attention.ref_tree_attention(*a),
+            bytes_moved=b * (prefix + tree) * 8 * 256 * 2, flops=4 * b * tree * 32 * (prefix + tree) * 128,
+            limit="bf16_mm",
+        ))
+    return out
+
+
+GROUPS = (norm_cases, rotary_cases, activation_cases, kv_store_cases, bitmask_cases, fp8_cases, moe_cases, attention_cases)
 
 
 def _rate(case: Case, ms: float, limits: dict) -> tuple[str, Optional[float]]:

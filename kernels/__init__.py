@@ -1,1 +1,18 @@
-"""GPU kernels (Triton), each beside a `ref_*` torch reference. Imports only torch and triton."""
+"""GPU kernels (Triton), each beside a `ref_*` torch reference. Imports only torch and triton.
+
+Modules (import the one you need; this package imports nothing eagerly):
+- `rmsnorm`: `rmsnorm`, `fused_add_rmsnorm`
+- `rotary`: `apply_rotary` (neox / GPT-J pairing, partial rotary, from a cos/sin cache)
+- `activation`: `silu_and_mul`
+- `kv_store`: `store_kv` (MHA/GQA pool), `store_mla_kv` (MLA latent pool)
+- `bitmask`: `apply_token_bitmask_` (packed int32 grammar masks on logits)
+- `fp8`: `per_token_group_quant_fp8`, `quant_weight_block_fp8`, `fp8_block_gemm` (W8A8, 128x128 blocks)
+- `fused_moe`: `moe_align_block_size`, `fused_moe_gemm`, `fused_experts`; configs in `moe_config`
+- `mla_decode`: `mla_decode` (split-K decode over a latent cache)
+- `tree_attention`: `tree_attention` (ragged queries over paged KV, custom or causal mask)
+
+Launchers check shapes, dtypes, devices and layouts and raise ValueError naming the problem.
+CUDA tensors run the compiled kernels; CPU tensors run the same kernels through triton's
+interpreter (`launch.launch`), which is how the tests check them without a GPU and is far too
+slow for serving: on CPU, use the `ref_*` functions (the bitmask launcher does so by default).
+"""
