@@ -46,6 +46,9 @@ class EngineConfig:
     torch_compile: bool = False
     overlap_schedule: bool = True
     quantization: Optional[str] = None
+    # torch threads in the engine core on CPU (None: half the cores, at most 8); more threads
+    # than free cores make every small op wait on OpenMP barriers
+    cpu_threads: Optional[int] = None
     log_level: str = "warning"
 
     def __post_init__(self) -> None:
@@ -66,6 +69,12 @@ class EngineConfig:
 
     def replace(self, **changes) -> "EngineConfig":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def num_cpu_threads(self) -> int:
+        import os
+
+        return self.cpu_threads or max(1, min(8, (os.cpu_count() or 2) // 2))
 
     @property
     def tokenizer(self) -> str:

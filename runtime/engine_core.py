@@ -44,6 +44,8 @@ class EngineCore:
         from lmlang.runtime.tokenizer import load_tokenizer
 
         torch.manual_seed(cfg.seed)
+        if cfg.device == "cpu":
+            torch.set_num_threads(cfg.num_cpu_threads)
         self.cfg = cfg
         self.info = load_model_info(cfg)
         tokenizer = load_tokenizer(cfg.tokenizer)

@@ -37,6 +37,7 @@ class Sampler:
         self.eos_token_ids = list(eos_token_ids)
         self.generator = torch.Generator().manual_seed(seed)
 
+    @torch.inference_mode()
     def sample(
         self,
         logits: torch.Tensor,  # [batch, vocab] float32

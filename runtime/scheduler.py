@@ -214,6 +214,8 @@ class Scheduler:
 
     def _shares_uncached_prefix(self, req: Req, matched: int, chunks: list) -> bool:
         """Whether `req` shares >= min_shared_prefix uncached tokens with a chunk being prefilled."""
+        if self.cfg.prefix_cache == "none":
+            return False  # nothing would be reused: waiting only delays it
         ids = req.fill_ids
         for chunk in chunks:
             other = chunk.token_ids

@@ -21,4 +21,11 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session", autouse=True)
 def _few_threads():
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import torch
+
+        # reference models in the test process: one thread avoids OpenMP oversubscription on small CIs
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
     yield
