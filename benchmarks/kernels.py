@@ -4,10 +4,11 @@
 
 Shapes are Llama-3.1-8B's (hidden 4096, 32/8 heads of 128, MLP 14336, vocab 128256) and
 DeepSeek-V3's (hidden 7168, 128 heads, MLA latent 512 + rope 64, 256 experts top-8 of width
-2048, FP8 128x128 blocks); speculative-decoding trees of 8-64 draft tokens over 2-4k prefixes. Each row gives the kernel's and the reference's median time, and the
-kernel's rate against a physical limit measured in the same run: copy bandwidth (a large
-device-to-device copy) for memory-bound kernels, the bf16 / fp8 dense matmul rate (torch at
-8192^3) for GEMMs. Prints a table and writes everything as JSON to `--out`.
+2048, FP8 128x128 blocks), and speculative-decoding trees of 8-64 draft tokens over 2-4k
+prefixes. Each row gives the kernel's and the reference's median time, and the kernel's rate
+against a physical limit measured in the same run: copy bandwidth (a large device-to-device
+copy) for memory-bound kernels, the bf16 / fp8 dense matmul rate (torch at 8192^3) for GEMMs
+and attention. Prints a table and writes everything as JSON to `--out`.
 """
 
 from __future__ import annotations
@@ -239,7 +240,9 @@ def attention_cases() -> list[Case]:
     return out
 
 
-GROUPS = (norm_cases, rotary_cases, activation_cases, kv_store_cases, bitmask_cases, fp8_cases, moe_cases, attention_cases)
+GROUPS = (
+    norm_cases, rotary_cases, activation_cases, kv_store_cases, bitmask_cases, fp8_cases, moe_cases, attention_cases,
+)
 
 
 def _rate(case: Case, ms: float, limits: dict) -> tuple[str, Optional[float]]:

@@ -46,11 +46,19 @@ def token_bitmask_kernel(
 
 def _check(logits: torch.Tensor, bitmask: torch.Tensor, indices: Optional[torch.Tensor]) -> None:
     if logits.dim() != 2 or logits.dtype not in _LOGIT_DTYPES or logits.stride(1) != 1:
-        raise ValueError(f"token bitmask: logits must be [B, V] float with contiguous rows, got {tuple(logits.shape)} {logits.dtype}")
+        raise ValueError(
+            f"token bitmask: logits must be [B, V] float with contiguous rows, got {tuple(logits.shape)} {logits.dtype}"
+        )
     if bitmask.dim() != 2 or bitmask.dtype != torch.int32 or bitmask.stride(1) != 1:
-        raise ValueError(f"token bitmask: bitmask must be [B, W] int32 with contiguous rows, got {tuple(bitmask.shape)} {bitmask.dtype}")
+        raise ValueError(
+            f"token bitmask: bitmask must be [B, W] int32 with contiguous rows, "
+            f"got {tuple(bitmask.shape)} {bitmask.dtype}"
+        )
     if bitmask.shape[1] * 32 < logits.shape[1]:
-        raise ValueError(f"token bitmask: {bitmask.shape[1]} words cover {bitmask.shape[1] * 32} tokens, logits have {logits.shape[1]}")
+        raise ValueError(
+            f"token bitmask: {bitmask.shape[1]} words cover {bitmask.shape[1] * 32} tokens, "
+            f"logits have {logits.shape[1]}"
+        )
     if indices is None and bitmask.shape[0] != logits.shape[0]:
         raise ValueError(f"token bitmask: bitmask has {bitmask.shape[0]} rows, logits {logits.shape[0]}")
     if indices is not None and (indices.dim() != 1 or indices.dtype not in (torch.int32, torch.int64)):

@@ -120,7 +120,9 @@ def quant_weight_block_fp8(
     return q.contiguous(), scale_inv
 
 
-def dequant_weight_block_fp8(w_fp8: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int] = (128, 128)) -> torch.Tensor:
+def dequant_weight_block_fp8(
+    w_fp8: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int] = (128, 128)
+) -> torch.Tensor:
     """`w_fp8 * scale_inv` expanded blockwise, float32 ([..., N, K])."""
     n, k = w_fp8.shape[-2:]
     scales = scale_inv.repeat_interleave(block[0], -2)[..., :n, :].repeat_interleave(block[1], -1)[..., :k]
@@ -204,10 +206,13 @@ def fp8_block_gemm(
     if k % bk or bk & (bk - 1) or bk < 16:
         raise ValueError(f"fp8_block_gemm: K={k} must be a multiple of the k block {bk} (a power of two >= 16)")
     if tuple(a_scales.shape) != (m, k // bk) or a_scales.dtype != torch.float32:
-        raise ValueError(f"fp8_block_gemm: a_scales must be [{m}, {k // bk}] float32, got {tuple(a_scales.shape)} {a_scales.dtype}")
+        raise ValueError(
+            f"fp8_block_gemm: a_scales must be [{m}, {k // bk}] float32, got {tuple(a_scales.shape)} {a_scales.dtype}"
+        )
     if tuple(w_scale_inv.shape) != (triton.cdiv(n, bn), k // bk) or w_scale_inv.dtype != torch.float32:
         raise ValueError(
-            f"fp8_block_gemm: w_scale_inv must be [{triton.cdiv(n, bn)}, {k // bk}] float32, got {tuple(w_scale_inv.shape)}"
+            f"fp8_block_gemm: w_scale_inv must be [{triton.cdiv(n, bn)}, {k // bk}] float32, "
+            f"got {tuple(w_scale_inv.shape)}"
         )
     if out_dtype not in _OUT_DTYPES:
         raise ValueError(f"fp8_block_gemm: out_dtype {out_dtype} not supported; use one of {_OUT_DTYPES}")

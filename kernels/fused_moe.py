@@ -182,7 +182,8 @@ def _check_experts(hidden, w13, w2, topk_weights, topk_ids, use_fp8, w13_scale, 
     e, two_i, _ = w13.shape
     if w13.shape[2] != h or two_i % 2 or tuple(w2.shape) != (e, h, two_i // 2):
         raise ValueError(
-            f"fused_experts: shapes hidden {tuple(hidden.shape)}, w13 {tuple(w13.shape)}, w2 {tuple(w2.shape)} do not chain"
+            f"fused_experts: shapes hidden {tuple(hidden.shape)}, w13 {tuple(w13.shape)}, "
+            f"w2 {tuple(w2.shape)} do not chain"
         )
     if topk_ids.dim() != 2 or topk_ids.shape[0] != m or topk_weights.shape != topk_ids.shape:
         raise ValueError(f"fused_experts: topk_ids / topk_weights must both be [{m}, top_k]")

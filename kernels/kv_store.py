@@ -78,7 +78,9 @@ def store_kv(
         if not buf.is_contiguous():
             raise ValueError(f"store_kv: {name}_buffer must be contiguous")
         if tuple(src.shape[1:]) != tuple(buf.shape[1:]):
-            raise ValueError(f"store_kv: {name} rows {tuple(src.shape[1:])} do not fit buffer rows {tuple(buf.shape[1:])}")
+            raise ValueError(
+                f"store_kv: {name} rows {tuple(src.shape[1:])} do not fit buffer rows {tuple(buf.shape[1:])}"
+            )
         if len({buf.device, src.device, loc.device}) != 1:
             raise ValueError(f"store_kv: {name}, {name}_buffer and loc must be on one device")
     n = loc.shape[0]

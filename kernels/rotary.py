@@ -85,7 +85,9 @@ def rotary_kernel(
 def _check(q, k, positions, cos_sin_cache) -> int:
     """Validates the arguments; returns rotary_dim."""
     if q.dim() != 3 or k.dim() != 3:
-        raise ValueError(f"rotary: q and k must be [num_tokens, heads, head_dim], got {tuple(q.shape)}, {tuple(k.shape)}")
+        raise ValueError(
+            f"rotary: q and k must be [num_tokens, heads, head_dim], got {tuple(q.shape)}, {tuple(k.shape)}"
+        )
     if q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
         raise ValueError(f"rotary: q {tuple(q.shape)} and k {tuple(k.shape)} disagree on tokens or head_dim")
     if q.dtype not in _DTYPES or k.dtype != q.dtype:
@@ -93,7 +95,9 @@ def _check(q, k, positions, cos_sin_cache) -> int:
     if q.stride(2) != 1 or k.stride(2) != 1:
         raise ValueError("rotary: each head's features must be contiguous (stride 1 in the last dim)")
     if positions.shape != (q.shape[0],) or positions.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"rotary: positions must be [num_tokens] int32/int64, got {tuple(positions.shape)} {positions.dtype}")
+        raise ValueError(
+            f"rotary: positions must be [num_tokens] int32/int64, got {tuple(positions.shape)} {positions.dtype}"
+        )
     if cos_sin_cache.dim() != 2 or not cos_sin_cache.is_contiguous():
         raise ValueError("rotary: cos_sin_cache must be a contiguous [max_position, rotary_dim] tensor")
     rotary_dim = cos_sin_cache.shape[1]

@@ -105,7 +105,8 @@ def _check(q, k_buffer, v_buffer, qo_indptr, kv_indptr, kv_indices, custom_mask)
         raise ValueError("tree_attention: q must be [T, Hq, D], k_buffer [slots, Hk, D], v_buffer [slots, Hk, Dv]")
     if k_buffer.shape[2] != q.shape[2] or k_buffer.shape[:2] != v_buffer.shape[:2]:
         raise ValueError(
-            f"tree_attention: q {tuple(q.shape)}, k_buffer {tuple(k_buffer.shape)}, v_buffer {tuple(v_buffer.shape)} disagree"
+            f"tree_attention: q {tuple(q.shape)}, k_buffer {tuple(k_buffer.shape)}, "
+            f"v_buffer {tuple(v_buffer.shape)} disagree"
         )
     if q.shape[1] % k_buffer.shape[1]:
         raise ValueError(f"tree_attention: {q.shape[1]} query heads are not a multiple of {k_buffer.shape[1]} KV heads")
@@ -120,7 +121,9 @@ def _check(q, k_buffer, v_buffer, qo_indptr, kv_indptr, kv_indices, custom_mask)
         or custom_mask.stride(1) != 1
     ):
         raise ValueError(f"tree_attention: custom_mask must be [T={q.shape[0]}, max_context] bool with contiguous rows")
-    tensors = [q, k_buffer, v_buffer, qo_indptr, kv_indptr, kv_indices] + ([custom_mask] if custom_mask is not None else [])
+    tensors = [q, k_buffer, v_buffer, qo_indptr, kv_indptr, kv_indices]
+    if custom_mask is not None:
+        tensors.append(custom_mask)
     if len({t.device for t in tensors}) != 1:
         raise ValueError("tree_attention: all tensors must be on one device")
 

@@ -60,13 +60,17 @@ CASES = [
 ]
 
 
+def _randn(*shape, g, device, scale=1.0):
+    return torch.randn(*shape, generator=g, device=device).mul_(scale)
+
+
 @pytest.mark.parametrize("device,dtype,m,hidden,inter,e,k", CASES)
 def test_fused_experts_matches_reference(device, dtype, m, hidden, inter, e, k):
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(m, hidden, generator=g).to(device, dtype)
-    w13 = (torch.randn(e, 2 * inter, hidden, generator=g) / hidden**0.5).to(device, dtype)
-    w2 = (torch.randn(e, hidden, inter, generator=g) / inter**0.5).to(device, dtype)
-    weights, ids = _routing(m, e, k, g, device)
+    g = torch.Generator(device).manual_seed(1)  # weights are made on the device: GBs at real shapes
+    x = _randn(m, hidden, g=g, device=device).to(dtype)
+    w13 = _randn(e, 2 * inter, hidden, g=g, device=device, scale=hidden**-0.5).to(dtype)
+    w2 = _randn(e, hidden, inter, g=g, device=device, scale=inter**-0.5).to(dtype)
+    weights, ids = _routing(m, e, k, torch.Generator().manual_seed(1), device)
     out = fused_experts(x, w13, w2, weights, ids)
     ref = ref_fused_experts(x, w13, w2, weights, ids)
     assert out.shape == (m, hidden) and out.dtype == dtype
@@ -82,13 +86,19 @@ FP8_CASES = [
 ]
 
 
+def _fp8_experts(e, n, k, g, device):
+    """Block-quantized random experts, one at a time (all 256 DeepSeek experts in float32 take 30 GB)."""
+    parts = [quant_weight_block_fp8(_randn(n, k, g=g, device=device, scale=k**-0.5)) for _ in range(e)]
+    return torch.stack([q for q, _ in parts]), torch.stack([s for _, s in parts])
+
+
 @pytest.mark.parametrize("device,m,hidden,inter,e,k", FP8_CASES)
 def test_fused_experts_fp8_matches_reference(device, m, hidden, inter, e, k):
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(m, hidden, generator=g).to(device, torch.bfloat16)
-    w13_q, w13_s = quant_weight_block_fp8((torch.randn(e, 2 * inter, hidden, generator=g) / hidden**0.5).to(device))
-    w2_q, w2_s = quant_weight_block_fp8((torch.randn(e, hidden, inter, generator=g) / inter**0.5).to(device))
-    weights, ids = _routing(m, e, k, g, device)
+    g = torch.Generator(device).manual_seed(2)
+    x = _randn(m, hidden, g=g, device=device).to(torch.bfloat16)
+    w13_q, w13_s = _fp8_experts(e, 2 * inter, hidden, g, device)
+    w2_q, w2_s = _fp8_experts(e, hidden, inter, g, device)
+    weights, ids = _routing(m, e, k, torch.Generator().manual_seed(2), device)
     kw = dict(use_fp8=True, w13_scale=w13_s, w2_scale=w2_s)
     out = fused_experts(x, w13_q, w2_q, weights, ids, **kw).float()
     ref = ref_fused_experts(x, w13_q, w2_q, weights, ids, **kw).float()

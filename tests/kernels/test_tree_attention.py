@@ -51,7 +51,8 @@ CASES = [
 @pytest.mark.parametrize("masked", [True, False], ids=["tree-mask", "causal"])
 def test_tree_attention_matches_reference(device, dtype, prefix_lens, trees, hq, hk, d, dv, masked):
     g = torch.Generator().manual_seed(0)
-    q, k_buf, v_buf, qo_indptr, kv_indptr, kv_indices, mask = _batch(device, dtype, prefix_lens, trees, hq, hk, d, dv, g)
+    batch = _batch(device, dtype, prefix_lens, trees, hq, hk, d, dv, g)
+    q, k_buf, v_buf, qo_indptr, kv_indptr, kv_indices, mask = batch
     mask = mask if masked else None
     args = (q, k_buf, v_buf, qo_indptr, kv_indptr, kv_indices, d**-0.5, mask)
     out = tree_attention(*args, max_qo_len=max(len(t) for t in trees))
