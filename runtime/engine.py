@@ -437,5 +437,8 @@ class Engine:
 def _raise_on_error(result: dict) -> dict:
     if "error" in result:
         raise EngineDeadError(result["error"])
+    reason = result["meta_info"].get("finish_reason") or {}
+    if reason.get("invalid_request"):
+        raise ValueError(reason.get("message", "invalid request"))
     return result
 

@@ -151,6 +151,7 @@ class FinishReason:
     type: str
     matched: Union[int, str, None] = None
     message: Optional[str] = None
+    invalid_request: bool = False  # rejected before running (bad input); the front end raises ValueError
 
     def to_dict(self) -> dict:
         d: dict = {"type": self.type}
@@ -158,6 +159,8 @@ class FinishReason:
             d["matched"] = self.matched
         if self.message is not None:
             d["message"] = self.message
+        if self.invalid_request:
+            d["invalid_request"] = True
         return d
 
 

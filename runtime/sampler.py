@@ -50,9 +50,9 @@ class Sampler:
         self._apply_penalties(logits, reqs)
         self._apply_min_tokens(logits, reqs)
         if bitmask is not None:
-            from lmlang.kernels.bitmask import apply_token_bitmask_
+            from lmlang.runtime.grammar_backend import apply_bitmask_
 
-            apply_token_bitmask_(logits, bitmask.to(logits.device))
+            apply_bitmask_(logits, bitmask)
         logprobs = torch.log_softmax(logits, dim=-1)
         tokens = self._choose(logits, reqs)
         out = SampleOutput(token_ids=tokens.tolist())

@@ -13,6 +13,7 @@ than some running one preempts it the same way when the batch or the pool is ful
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from typing import Any, Optional
@@ -50,6 +51,7 @@ class Scheduler:
         self.sampler = Sampler(vocab_size, stop_checker.eos_token_ids, cfg.seed)
         self.grammar_backend = grammar_backend
         self.waiting: list = []
+        self.grammar_queue: list = []  # [(req, future of its matcher)] while grammars compile
         self.running: list = []
         self.chunked: Optional[Req] = None
         self.reqs: dict = {}
@@ -76,22 +78,43 @@ class Scheduler:
             if len(msg.input_ids) >= self.context_length:
                 raise ValueError(f"prompt has {len(msg.input_ids)} tokens; the context length is {self.context_length}")
         except ValueError as e:
-            return TokenOut(rid=msg.rid, token_ids=[], finished=FinishReason("abort", message=str(e)).to_dict())
+            return self._reject(msg.rid, str(e))
         room = self.context_length - len(msg.input_ids)
         if params.max_new_tokens > room:
             params = params.replace(max_new_tokens=room, min_new_tokens=min(params.min_new_tokens, room))
         req = Req(msg, params, self.arrivals)
         req.stream = msg.stream
         self.arrivals += 1
-        if params.constraint is not None and self.grammar_backend is not None:
-            try:
-                req.grammar = self.grammar_backend.matcher_for(params)
-            except ValueError as e:
-                return TokenOut(rid=msg.rid, token_ids=[], finished=FinishReason("abort", message=str(e)).to_dict())
+        if params.constraint is not None:
+            if self.grammar_backend is None:
+                return self._reject(msg.rid, "constrained decoding (regex / json_schema / grammar) is unavailable")
+            self.grammar_queue.append((req, self.grammar_backend.compile_async(params)))
+        else:
+            self.waiting.append(req)
         self.reqs[req.rid] = req
-        self.waiting.append(req)
         self.counters["prompt_tokens"] += len(req.input_ids)
         return None
+
+    @staticmethod
+    def _reject(rid: str, message: str) -> TokenOut:
+        reason = FinishReason("abort", message=message, invalid_request=True)
+        return TokenOut(rid=rid, token_ids=[], finished=reason.to_dict())
+
+    def _poll_grammars(self) -> list:
+        """Moves requests whose grammar finished compiling to the waiting queue."""
+        outputs, still = [], []
+        for req, fut in self.grammar_queue:
+            if not fut.done():
+                still.append((req, fut))
+                continue
+            try:
+                req.grammar = fut.result()
+                self.waiting.append(req)
+            except ValueError as e:
+                self.reqs.pop(req.rid, None)
+                outputs.append(self._reject(req.rid, str(e)))
+        self.grammar_queue = still
+        return outputs
 
     def abort(self, rid: str) -> Optional[TokenOut]:
         req = self.reqs.get(rid)
@@ -99,6 +122,7 @@ class Scheduler:
             return None
         if req in self.waiting:
             self.waiting.remove(req)
+        self.grammar_queue = [(r, f) for r, f in self.grammar_queue if r is not req]
         if req in self.running:
             self.running.remove(req)
         if self.chunked is req:
@@ -108,12 +132,14 @@ class Scheduler:
         return self._output(req)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.chunked)
+        return bool(self.waiting or self.running or self.chunked or self.grammar_queue)
 
     # ---- one step ------------------------------------------------------------------------
 
     def step(self) -> list:
         """Runs at most one forward; returns the outputs to send to the front end."""
+        if self.grammar_queue:
+            self._pending_outputs.extend(self._poll_grammars())
         batch = self._schedule_extend()
         if batch:
             outputs = self._run_extend(batch)
@@ -262,6 +288,8 @@ class Scheduler:
                 rows.append(offset + n_new - 1)
             offset += n_new
             self.counters["prefill_tokens_computed"] += n_new
+        to_sample = [(r, i) for r, i in sample_rows if len(r.output_ids) < r.params.max_new_tokens]
+        masks = self._start_masks([r for r, _ in to_sample])
         logits = self.runner.forward(ForwardMode.EXTEND, seqs, rows)
         self.counters["forward_passes"] += 1
         for req, positions, start in lp_rows:
@@ -271,13 +299,12 @@ class Scheduler:
             if id(req) not in done_prefill:
                 self._cache_progress(req, s.seq_len)
         outputs = []
-        to_sample = [(r, i) for r, i in sample_rows if len(r.output_ids) < r.params.max_new_tokens]
         for req, _ in sample_rows:
             if len(req.output_ids) >= req.params.max_new_tokens:
                 req.finished = FinishReason("length")  # max_new_tokens == 0: prompt logprobs only
         if to_sample:
             idx = torch.tensor([i for _, i in to_sample], dtype=torch.long, device=logits.device)
-            self._sample_and_append([r for r, _ in to_sample], logits.index_select(0, idx))
+            self._sample_and_append([r for r, _ in to_sample], logits.index_select(0, idx), masks)
         for req, _ in sample_rows:
             if req.finished is not None:
                 self._release(req)
@@ -288,22 +315,28 @@ class Scheduler:
         return [o for o in outputs if o is not None]
 
     def _run_decode(self) -> list:
+        """One step for every running request: its pending tokens (1, or more after a jump-forward)."""
         self._ensure_decode_room()
         if not self.running:
             return []
-        seqs = []
-        for req in self.running:
-            slots = self._alloc(1, self._own_last_slot(req))
-            req.slots = torch.cat([req.slots, slots])
-            n = req.num_computed
-            seqs.append(SeqChunk(req.fill_ids, n - 1, n, req.slots))
         batch = list(self.running)
-        logits = self.runner.forward(ForwardMode.DECODE, seqs, list(range(len(seqs))))
+        seqs = []
+        for req in batch:
+            n = req.num_computed
+            pending = len(req.fill_ids) - n
+            slots = self._alloc(pending, self._own_last_slot(req))
+            req.slots = torch.cat([req.slots, slots])
+            seqs.append(SeqChunk(req.fill_ids, n, n + pending, req.slots))
+        lens = [c.seq_len - c.prefix_len for c in seqs]
+        rows = list(itertools.accumulate(lens, initial=-1))[1:] if max(lens) > 1 else list(range(len(seqs)))
+        mode = ForwardMode.DECODE if max(lens) == 1 else ForwardMode.EXTEND
+        masks = self._start_masks(batch)
+        logits = self.runner.forward(mode, seqs, rows)
         self.counters["forward_passes"] += 1
         self.counters["decode_steps"] += 1
         self.counters["max_decode_batch_size"] = max(self.counters["max_decode_batch_size"], len(batch))
         self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
-        self._sample_and_append(batch, logits)
+        self._sample_and_append(batch, logits, masks)
         outputs = []
         for req in batch:
             if req.finished is not None:
@@ -315,7 +348,7 @@ class Scheduler:
     def _ensure_decode_room(self) -> None:
         """Retracts requests until every running request can get one more slot."""
         while self.running:
-            need = len(self.running) * self.cfg.page_size
+            need = sum(len(r.fill_ids) - r.num_computed for r in self.running) + len(self.running) * (self.cfg.page_size - 1)
             if self.allocator.available() + self.cache.evictable_size() >= need:
                 return
             if len(self.running) == 1:
@@ -340,10 +373,11 @@ class Scheduler:
 
     # ---- sampling and results ------------------------------------------------------------
 
-    def _sample_and_append(self, reqs: list, logits: torch.Tensor) -> None:
-        bitmask = None
-        if any(r.grammar is not None for r in reqs):
-            bitmask = self.grammar_backend.fill_bitmasks(reqs)
+    def _start_masks(self, reqs: list) -> Any:
+        return self.grammar_backend.fill_async(reqs) if self.grammar_backend is not None else None
+
+    def _sample_and_append(self, reqs: list, logits: torch.Tensor, masks: Any = None) -> None:
+        bitmask = masks.result() if masks is not None else None
         out = self.sampler.sample(logits, reqs, bitmask)
         for i, req in enumerate(reqs):
             token = out.token_ids[i]
@@ -351,9 +385,19 @@ class Scheduler:
             if req.return_logprob:
                 req.new_output_logprobs.append((out.logprobs[i], token))
                 req.new_output_top_logprobs.append(out.top_logprobs[i])
+            self.counters["generated_tokens"] += 1
             if req.grammar is not None:
                 self.grammar_backend.accept(req, token)
-            self.counters["generated_tokens"] += 1
+            req.finished = self.stop_checker.check(req)
+            if req.grammar is not None and req.finished is None:
+                self._jump_forward(req)
+
+    def _jump_forward(self, req: Req) -> None:
+        """Appends the tokens the grammar forces next (already accepted by the matcher)."""
+        forced = self.grammar_backend.forced_tokens(req, req.params.max_new_tokens - len(req.output_ids))
+        if forced:
+            req.output_ids.extend(forced)
+            self.counters["generated_tokens"] += len(forced)
             req.finished = self.stop_checker.check(req)
 
     def _collect_input_logprobs(self, req: Req, positions: list, logits: torch.Tensor) -> None:
