@@ -66,7 +66,7 @@ def describe_errors(errors: Any) -> str:
         elif kind == "missing":
             parts.append(f"missing required field '{'.'.join(loc)}'")
         elif not loc:
-            parts.append(f"request body: {err.get('msg')}")
+            parts.append(_short_msg(err))
         else:
             parts.append(f"{'.'.join(loc)}: {_short_msg(err)}")
     return "; ".join(parts) or "invalid request"

@@ -75,11 +75,10 @@ class EngineClient:
         try:
             async for chunk in chunks:
                 meta = chunk.get("meta_info", {})
+                trace.on_tokens(int(meta.get("completion_tokens", 0)))
                 if meta.get("finish_reason") is not None:
                     finished = True
                     trace.finish(meta)
-                else:
-                    trace.on_tokens(int(meta.get("completion_tokens", 0)))
                 yield chunk
         except (asyncio.CancelledError, GeneratorExit):
             trace.finish(None, "abort")

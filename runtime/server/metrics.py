@@ -99,12 +99,18 @@ class RequestTrace:
         self.tokens_seen = completion_tokens
 
     def finish(self, meta_info: Optional[dict], error: Optional[str] = None) -> None:
+        """Records the end: `meta_info` of the finished request, or None with an `error` label.
+
+        A request that was not streamed has its time to first token only if the engine reports
+        it (`meta_info["first_token_latency"]`, seconds).
+        """
         if self.done:
             return
         self.done = True
         m = self.metrics
         if meta_info is not None:
-            self.on_tokens(int(meta_info.get("completion_tokens", 0)))
+            if self.first_token_at is None and meta_info.get("first_token_latency") is not None:
+                m.ttft.observe(float(meta_info["first_token_latency"]))
             prompt, cached = int(meta_info.get("prompt_tokens", 0)), int(meta_info.get("cached_tokens", 0))
             m.prompt_tokens.inc(prompt)
             m.cached_tokens.inc(cached)
