@@ -194,3 +194,26 @@ def test_pin_holds_prefix(engine, kv_accounting):
     assert r["meta_info"]["cached_tokens"] == 50
     assert engine.unpin(handle)
     assert kv_accounting(engine)["kv_protected"] == 0
+
+
+@pytest.mark.parametrize("engine_args", [
+    dict(page_size=4),
+    dict(page_size=16, prefix_cache="block"),
+    dict(schedule_policy="lpm"),
+    dict(schedule_policy="dfs-weight", chunked_prefill_size=16),
+])
+def test_page_sizes_and_policies_give_the_same_greedy_outputs(tiny_ckpt, engine, kv_accounting, engine_args):
+    shared = _ids(37, 500)
+    prompts = [shared + _ids(3 + i, 600 + i) for i in range(6)] + [_ids(20, 700)]
+    params = {**GREEDY, "max_new_tokens": 10}
+    want = engine.generate(input_ids=prompts, sampling_params=params)
+    with Engine(tiny_ckpt("llama"), **engine_args) as e:
+        got = e.generate(input_ids=prompts, sampling_params=params)
+        again = e.generate(input_ids=prompts, sampling_params=params)
+        stats = kv_accounting(e)
+    assert [g["output_ids"] for g in got] == [w["output_ids"] for w in want]
+    assert [g["output_ids"] for g in again] == [w["output_ids"] for w in want]
+    assert stats["kv_in_use"] == 0
+    page = engine_args.get("page_size", 1)
+    for r, p in zip(again, prompts):
+        assert r["meta_info"]["cached_tokens"] == (len(p) - 1) // page * page or engine_args.get("prefix_cache") == "block"
