@@ -20,14 +20,14 @@ from lmlang.runtime.cache.allocator import SlotAllocator
 from lmlang.runtime.cache.base import create_prefix_cache
 
 _rng = random.Random(0)
-BASES = [[_rng.randrange(3) for _ in range(48)] for _ in range(3)]
+BASES = [[_rng.randrange(3) for _ in range(48)] for _ in range(2)]
 TOTAL_SLOTS = 128
 MAX_REQUESTS = 4
 
 token_lists = st.builds(
     lambda base, cut, tail: BASES[base][:cut] + tail,
     st.integers(0, len(BASES) - 1),
-    st.integers(0, 48),
+    st.integers(0, 48) | st.sampled_from([16, 32, 48]),  # block boundaries share whole blocks
     st.lists(st.integers(0, 3), max_size=12),
 )
 
@@ -65,14 +65,18 @@ class ReferenceCache:
         for p in self._prefixes(tokens, n):
             self.units[p][0] += delta
 
-    def evict(self, num_tokens: int) -> None:
+    def evict(self, num_tokens: int) -> list:
+        """Removes `num_tokens` tokens, LRU leaf unit first; returns the removed prefixes."""
+        victims = []
         freed = 0
         while freed < num_tokens:
             parents = {p[: -self.unit] for p in self.units}
             leaves = [p for p, (locks, _) in self.units.items() if locks == 0 and p not in parents]
             victim = min(leaves, key=lambda p: self.units[p][1])
             del self.units[victim]
+            victims.append(victim)
             freed += self.unit
+        return victims
 
     def sizes(self) -> tuple[int, int]:
         locked = sum(1 for locks, _ in self.units.values() if locks > 0)
@@ -98,11 +102,18 @@ class PrefixCacheMachine(RuleBasedStateMachine):
         for i, s in enumerate(slots.tolist()):
             assert self.kv[s] == tuple(tokens[: i + 1]), f"slot {s} holds KV of another prefix"
 
+    def sync_evict(self, freed: int) -> None:
+        """Removes what the real cache freed from the model, then looks the model's victims up
+        in both (a lookup is the same operation on both, so they stay in step): had the real
+        cache evicted other tokens, a victim would still match there."""
+        for victim in self.ref.evict(freed):
+            self.do_match(list(victim))
+
     def alloc_for(self, tokens: list, start: int, last_slot: int | None) -> torch.Tensor | None:
         need = len(tokens) - start
         own = self.alloc.alloc(need, last_slot=last_slot)
         if own is None:
-            self.ref.evict(self.cache.evict(need))
+            self.sync_evict(self.cache.evict(need))
             own = self.alloc.alloc(need, last_slot=last_slot)
         if own is not None:
             for i, s in enumerate(own.tolist()):
@@ -167,7 +178,7 @@ class PrefixCacheMachine(RuleBasedStateMachine):
         evictable = self.cache.evictable_size()
         freed = self.cache.evict(num_tokens)
         assert min(num_tokens, evictable) <= freed <= evictable
-        self.ref.evict(freed)
+        self.sync_evict(freed)
 
     @rule()
     def reset(self):
@@ -189,7 +200,7 @@ class PrefixCacheMachine(RuleBasedStateMachine):
 
 def _machine(kind: str, page_size: int):
     cls = type(f"{kind.capitalize()}Page{page_size}Machine", (PrefixCacheMachine,), {"kind": kind, "page_size": page_size})
-    cls.TestCase.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+    cls.TestCase.settings = settings(max_examples=60, stateful_step_count=50, deadline=None)
     return cls.TestCase
 
 
