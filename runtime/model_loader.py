@@ -75,20 +75,41 @@ def load_model(
     device: Union[str, torch.device] = "cpu",
     load_format: str = "auto",
     seed: int = 0,
+    quantization: Any = None,
 ) -> tuple[nn.Module, Any]:
-    """Returns `(model, hf_config)`, the model in eval mode on `device`."""
+    """Returns `(model, hf_config)`, the model in eval mode on `device`.
+
+    `quantization`: None (load as the checkpoint is; FP8 checkpoints load as FP8) or "fp8"
+    (quantize a high-precision checkpoint online); see `lmlang.runtime.quantization`.
+    """
+    from lmlang.runtime import quantization as quant
+
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"unknown load_format {load_format!r}; choose one of {LOAD_FORMATS}")
     config = load_hf_config(model_path)
     model_class = get_model_class(getattr(config, "architectures", None))
     torch_dtype = resolve_dtype(dtype, config)
+    plan = quant.resolve_quantization(config, quantization, load_format)
     with torch.device(device), _default_dtype(torch_dtype):
         model = model_class(config)
+        quant.before_loading(model, plan)
     if load_format == "dummy":
         fill_dummy_weights(model, seed)
     else:
         model.load_weights(iterate_safetensors(model_path))
+    quant.after_loading(model, plan)
+    process_weights_after_loading(model)
     return model.eval(), config
+
+
+@torch.no_grad()
+def process_weights_after_loading(model: nn.Module) -> None:
+    """Lets modules derive what they need from their final weights (e.g. MLA's absorbed
+    matrices): calls `process_weights_after_loading()` on every module that defines it."""
+    for module in model.modules():
+        hook = getattr(module, "process_weights_after_loading", None)
+        if hook is not None:
+            hook()
 
 
 def safetensors_files(model_path: str) -> list[str]:

@@ -35,7 +35,8 @@ class ModelRunner:
         self.cfg = cfg
         self.device = torch.device(cfg.device)
         self.model, self.hf_config = load_model(
-            cfg.model_path, dtype=cfg.dtype, device=self.device, load_format=cfg.load_format, seed=cfg.seed
+            cfg.model_path, dtype=cfg.dtype, device=self.device, load_format=cfg.load_format, seed=cfg.seed,
+            quantization=cfg.quantization,
         )
         self.dtype = next(self.model.parameters()).dtype
         self.model.eval()

@@ -1,7 +1,8 @@
 """Llama 2/3 and Mistral, and the decoder building blocks Qwen2/Qwen3 reuse.
 
 A family that differs from Llama only in biases or per-head q/k norms subclasses
-`LlamaForCausalLM` and overrides `layer_options`. Not implemented: Mistral's / Qwen2's
+`LlamaForCausalLM` and overrides `layer_options`; one whose feed-forward differs (MoE) also
+overrides `make_mlp`. Not implemented: Mistral's / Qwen2's
 sliding-window attention (`sliding_window` is ignored, so contexts longer than the window
 attend to everything — exact for prompts within the window), and activations other than SiLU.
 """
@@ -9,7 +10,7 @@ attend to everything — exact for prompts within the window), and activations o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -105,10 +106,15 @@ class LlamaMLP(nn.Module):
 class LlamaDecoderLayer(nn.Module):
     """Pre-norm block; the residual stream is carried separately so each norm fuses its add."""
 
-    def __init__(self, config: Any, layer_id: int, options: LayerOptions, rotary_emb: RotaryEmbedding) -> None:
+    def __init__(
+        self, config: Any, layer_id: int, options: LayerOptions, rotary_emb: RotaryEmbedding,
+        mlp: Optional[nn.Module] = None,
+    ) -> None:
         super().__init__()
         self.self_attn = LlamaAttention(config, layer_id, options, rotary_emb)
-        self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size, options.mlp_bias, config.hidden_act)
+        if mlp is None:
+            mlp = LlamaMLP(config.hidden_size, config.intermediate_size, options.mlp_bias, config.hidden_act)
+        self.mlp = mlp  # [n, hidden] -> [n, hidden]; a family's `make_mlp` may supply another (MoE)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -125,12 +131,15 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: Any, options: LayerOptions) -> None:
+    def __init__(
+        self, config: Any, options: LayerOptions, make_mlp: Optional[Callable[[int], Optional[nn.Module]]] = None
+    ) -> None:
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
         rotary_emb = make_rope(config, AttentionShape.from_config(config).head_dim)  # one cache, shared by layers
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, i, options, rotary_emb) for i in range(config.num_hidden_layers)
+            LlamaDecoderLayer(config, i, options, rotary_emb, make_mlp(i) if make_mlp else None)
+            for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -149,7 +158,7 @@ class LlamaForCausalLM(CausalLM):
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, self.layer_options(config))
+        self.model = LlamaModel(config, self.layer_options(config), lambda layer_id: self.make_mlp(config, layer_id))
         self.lm_head = LMHead(config.vocab_size, config.hidden_size)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         if self.tie_word_embeddings:
@@ -159,6 +168,11 @@ class LlamaForCausalLM(CausalLM):
     def layer_options(cls, config: Any) -> LayerOptions:
         bias = bool(getattr(config, "attention_bias", False))
         return LayerOptions(qkv_bias=bias, o_bias=bias, mlp_bias=bool(getattr(config, "mlp_bias", False)))
+
+    @classmethod
+    def make_mlp(cls, config: Any, layer_id: int) -> Optional[nn.Module]:
+        """The feed-forward block of layer `layer_id`; None: the dense `LlamaMLP`. MoE families override."""
+        return None
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         return self.model(batch.input_ids, batch.positions, batch)

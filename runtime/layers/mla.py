@@ -1,0 +1,129 @@
+"""Multi-head latent attention (DeepSeek-V2/V3): projections, rope, latent cache, two attention forms.
+
+Data path for n new tokens (H heads, nope dim D, rope dim P, value dim V, latent rank R):
+  q         = q_proj(x)  or  q_b_proj(rms(q_a_proj(x)))           # [n, H, D + P]
+  c, kr     = kv_a_proj_with_mqa(x) split [R, P]; c = rms(c)       # [n, R], [n, P]
+  q_rope, kr = rope(positions, q_rope, kr)                         # rope on the P features only
+  pool[out_cache_loc] = [c | kr]                                   # the whole per-token cache
+  attention: expanded (prefill) or absorbed (decode), see `runtime/attention/mla.py`
+  out       = o_proj(attn)                                         # [n, hidden]
+
+The absorbed form needs W_UK and W_UV per head as dense matrices (`w_kc`, `w_vc`), derived from
+`kv_b_proj` once the weights are final (`process_weights_after_loading`, called by the model
+loader after loading and after any quantization transformation; a quantized `kv_b_proj` is
+dequantized for this, as its `dequantized_weight()` gives).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from lmlang.runtime.attention.mla import mla_absorbed, mla_expanded
+from lmlang.runtime.forward_batch import ForwardBatch
+from lmlang.runtime.layers.linear import Linear
+from lmlang.runtime.layers.norm import RMSNorm
+from lmlang.runtime.layers.rotary import RotaryEmbedding
+
+LORA_NORM_EPS = 1e-6  # q_a_layernorm / kv_a_layernorm use the default eps, not config.rms_norm_eps
+
+
+@dataclass(frozen=True)
+class MLAShape:
+    hidden_size: int
+    num_heads: int
+    q_lora_rank: Optional[int]  # None: one q_proj, no low-rank query
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @classmethod
+    def from_config(cls, config: Any) -> "MLAShape":
+        return cls(
+            config.hidden_size, config.num_attention_heads, getattr(config, "q_lora_rank", None),
+            config.kv_lora_rank, config.qk_nope_head_dim, config.qk_rope_head_dim, config.v_head_dim,
+        )
+
+
+def dense_weight(linear: nn.Module) -> torch.Tensor:
+    """A linear layer's weight [out, in] in high precision, whether or not it was quantized."""
+    dequantize = getattr(linear, "dequantized_weight", None)
+    return dequantize() if dequantize is not None else linear.weight
+
+
+class MLAAttention(nn.Module):
+    """One MLA layer (see the module docstring). `forward` picks the absorbed form for decode
+    batches and the expanded form otherwise, unless `absorbed` says which."""
+
+    def __init__(
+        self, shape: MLAShape, layer_id: int, rotary_emb: RotaryEmbedding, scaling: float, bias: bool = False
+    ) -> None:
+        super().__init__()
+        self.shape = shape
+        self.layer_id = layer_id
+        self.rotary_emb = rotary_emb
+        self.scaling = scaling
+        h = shape.num_heads
+        if shape.q_lora_rank is None:
+            self.q_proj = Linear(shape.hidden_size, h * shape.qk_head_dim)
+        else:
+            self.q_a_proj = Linear(shape.hidden_size, shape.q_lora_rank, bias)
+            self.q_a_layernorm = RMSNorm(shape.q_lora_rank, LORA_NORM_EPS)
+            self.q_b_proj = Linear(shape.q_lora_rank, h * shape.qk_head_dim)
+        self.kv_a_proj_with_mqa = Linear(shape.hidden_size, shape.kv_lora_rank + shape.qk_rope_head_dim, bias)
+        self.kv_a_layernorm = RMSNorm(shape.kv_lora_rank, LORA_NORM_EPS)
+        self.kv_b_proj = Linear(shape.kv_lora_rank, h * (shape.qk_nope_head_dim + shape.v_head_dim))
+        self.o_proj = Linear(h * shape.v_head_dim, shape.hidden_size, bias)
+        # derived from kv_b_proj after loading; not checkpoint parameters
+        self.register_buffer("w_kc", torch.empty(h, shape.qk_nope_head_dim, shape.kv_lora_rank), persistent=False)
+        self.register_buffer("w_vc", torch.empty(h, shape.kv_lora_rank, shape.v_head_dim), persistent=False)
+
+    @torch.no_grad()
+    def process_weights_after_loading(self) -> None:
+        """Splits kv_b_proj ([H * (D + V), R]) into W_UK as `w_kc` [H, D, R] and W_UV^T as `w_vc` [H, R, V]."""
+        s = self.shape
+        w = dense_weight(self.kv_b_proj).view(s.num_heads, s.qk_nope_head_dim + s.v_head_dim, s.kv_lora_rank)
+        w_uk, w_uv = w.split([s.qk_nope_head_dim, s.v_head_dim], dim=1)
+        dtype = self.kv_a_layernorm.weight.dtype  # the model's dtype (norms are never quantized)
+        self.w_kc = w_uk.to(dtype).contiguous()
+        self.w_vc = w_uv.transpose(1, 2).to(dtype).contiguous()
+
+    def forward(
+        self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch, absorbed: Optional[bool] = None
+    ) -> torch.Tensor:  # [n, hidden_size]
+        s = self.shape
+        if s.q_lora_rank is None:
+            q = self.q_proj(hidden)
+        else:
+            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(hidden)))
+        q = q.view(-1, s.num_heads, s.qk_head_dim)  # [n, H, D + P]
+        q_nope, q_rope = q.split([s.qk_nope_head_dim, s.qk_rope_head_dim], dim=-1)
+        latent, k_rope = self.kv_a_proj_with_mqa(hidden).split([s.kv_lora_rank, s.qk_rope_head_dim], dim=-1)
+        latent = self.kv_a_layernorm(latent)  # [n, R]
+        q_rope, k_rope = self.rotary_emb(positions, q_rope, k_rope.unsqueeze(1))  # [n, H, P], [n, 1, P]
+        kv_buffer = batch.kv_pool.kv_buffer[self.layer_id]
+        batch.kv_pool.store(self.layer_id, batch.out_cache_loc, latent, k_rope)
+        if absorbed is None:
+            absorbed = batch.mode.is_decode
+        if absorbed:
+            q_latent = torch.bmm(q_nope.transpose(0, 1), self.w_kc).transpose(0, 1)  # [n, H, R]
+            out_latent = mla_absorbed(q_latent, q_rope.contiguous(), kv_buffer, self.scaling, batch)  # [n, H, R]
+            out = torch.bmm(out_latent.transpose(0, 1), self.w_vc).transpose(0, 1)  # [n, H, V]
+        else:
+            out = mla_expanded(q_nope, q_rope, kv_buffer, self.kv_b_proj, s.v_head_dim, self.scaling, batch)
+        return self.o_proj(out.reshape(-1, s.num_heads * s.v_head_dim))
+
+    def extra_repr(self) -> str:
+        s = self.shape
+        return (
+            f"layer_id={self.layer_id}, heads={s.num_heads}, q_lora_rank={s.q_lora_rank}, kv_lora_rank={s.kv_lora_rank}, "
+            f"qk_nope={s.qk_nope_head_dim}, qk_rope={s.qk_rope_head_dim}, v={s.v_head_dim}"
+        )

@@ -1,0 +1,226 @@
+"""Mixture-of-experts feed-forward: a top-k router, the routed experts, optional shared experts.
+
+Routing (`RoutingConfig`, `select_experts`) covers the released families:
+- Mixtral: softmax over all experts, top-k, renormalised.
+- Qwen3-MoE: softmax, top-k, renormalised when `norm_topk_prob`.
+- DeepSeek-V2: softmax, top-k, optionally limited to the `topk_group` best of `n_group` expert
+  groups (group score = the group's best expert), times `routed_scaling_factor`.
+- DeepSeek-V3: sigmoid scores; experts are chosen on score + `e_score_correction_bias`, within
+  the `topk_group` groups whose two best biased scores sum highest, but weighted by the unbiased
+  score; renormalised (`norm_topk_prob`), then times `routed_scaling_factor`.
+Weights are float32 throughout (Qwen3-MoE in transformers rounds them to the model dtype; in
+float32 the two agree).
+
+`FusedMoE` holds all experts' weights stacked (`w13_weight` [E, 2I, H]: gate rows then up rows;
+`w2_weight` [E, H, I]) so that one grouped GEMM per projection serves every expert. On CUDA it runs
+`lmlang.kernels.fused_moe.fused_experts`; elsewhere `ref_experts`, a loop over the experts hit.
+Checkpoints store experts one by one (`experts.{e}.gate_proj.weight`, ...); `expert_params`
+makes the `StackedParam` rows that route those names into the stacked parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Hashable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmlang.runtime.layers.linear import default_weight_loader, new_parameter
+from lmlang.runtime.models.weight_mapping import StackedParam
+
+SCORING = ("softmax", "sigmoid")
+GROUP_SCORES = ("max", "top2_sum")
+EXPERT_SHARDS = ("w1", "w3", "w2")  # gate, up, down (Mixtral's checkpoint names)
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    num_experts: int
+    top_k: int
+    scoring: str = "softmax"
+    num_groups: Optional[int] = None  # n_group; None: no group limit
+    topk_groups: Optional[int] = None  # topk_group
+    group_score: str = "max"  # how a group is ranked: its best expert, or the sum of its best two
+    norm_topk_prob: bool = False
+    routed_scaling_factor: float = 1.0
+    correction_bias: bool = False  # DeepSeek-V3's e_score_correction_bias (choice only)
+    logits_in_fp32: bool = False  # compute router logits in float32 (DeepSeek), else in the model dtype
+
+    def __post_init__(self) -> None:
+        if self.scoring not in SCORING:
+            raise ValueError(f"unsupported MoE scoring function {self.scoring!r}; supported: {SCORING}")
+        if self.group_score not in GROUP_SCORES:
+            raise ValueError(f"unsupported MoE group score {self.group_score!r}; supported: {GROUP_SCORES}")
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"top_k ({self.top_k}) must be in [1, num_experts={self.num_experts}]")
+        if self.num_groups is not None:
+            groups, keep = self.num_groups, self.topk_groups
+            if self.num_experts % groups or keep is None or not 1 <= keep <= groups:
+                raise ValueError(
+                    f"grouped routing needs n_group ({groups}) dividing num_experts ({self.num_experts}) "
+                    f"and 1 <= topk_group ({keep}) <= n_group"
+                )
+            if self.top_k > keep * (self.num_experts // groups):
+                raise ValueError(f"top_k ({self.top_k}) exceeds the experts of {keep} groups")
+
+
+def select_experts(
+    router_logits: torch.Tensor,  # [n, E]
+    cfg: RoutingConfig,
+    correction_bias: Optional[torch.Tensor] = None,  # [E] float32
+) -> tuple[torch.Tensor, torch.Tensor]:  # weights [n, top_k] float32, expert ids [n, top_k] int64
+    """The routing rule of the module docstring, for a batch of router logits."""
+    logits = router_logits.float()
+    scores = logits.softmax(dim=-1) if cfg.scoring == "softmax" else logits.sigmoid()  # [n, E]
+    choice = scores + correction_bias.float() if correction_bias is not None else scores
+    if cfg.num_groups is not None:
+        grouped = choice.view(choice.shape[0], cfg.num_groups, -1)  # [n, G, E / G]
+        if cfg.group_score == "max":
+            group_scores = grouped.amax(dim=-1)
+        else:
+            group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)  # [n, G]
+        kept = group_scores.topk(cfg.topk_groups, dim=-1).indices  # [n, topk_group]
+        group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, kept, True)
+        expert_mask = group_mask.unsqueeze(-1).expand_as(grouped).reshape_as(choice)
+        choice = choice.masked_fill(~expert_mask, float("-inf"))
+    ids = choice.topk(cfg.top_k, dim=-1).indices  # [n, top_k]
+    weights = scores.gather(1, ids)
+    if cfg.norm_topk_prob:
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    if cfg.routed_scaling_factor != 1.0:
+        weights = weights * cfg.routed_scaling_factor
+    return weights, ids
+
+
+class TopKRouter(nn.Module):
+    """The gate: `weight` [E, hidden] (never quantized), plus DeepSeek-V3's float32
+    `e_score_correction_bias` [E] when the config asks for it."""
+
+    def __init__(self, hidden_size: int, cfg: RoutingConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.weight = new_parameter((cfg.num_experts, hidden_size))
+        self.e_score_correction_bias = None
+        if cfg.correction_bias:
+            bias = nn.Parameter(torch.empty(cfg.num_experts, dtype=torch.float32), requires_grad=False)
+            bias.weight_loader = default_weight_loader
+            self.e_score_correction_bias = bias
+
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # [n, hidden] -> 2 x [n, top_k]
+        if self.cfg.logits_in_fp32:
+            logits = F.linear(hidden.float(), self.weight.float())
+        else:
+            logits = F.linear(hidden, self.weight)
+        return select_experts(logits, self.cfg, self.e_score_correction_bias)
+
+
+def expert_slice(param: torch.Tensor, shard_id: Hashable, rows_w1: int) -> torch.Tensor:
+    """The part of a stacked expert parameter ([E, rows, ...]) that shard `(expert, "w1"|"w3"|"w2")`
+    fills: w1 (gate) the first `rows_w1` rows of w13, w3 (up) the next ones, w2 a whole w2 entry."""
+    if not (isinstance(shard_id, tuple) and len(shard_id) == 2 and shard_id[1] in EXPERT_SHARDS):
+        raise ValueError(f"expert parameter shard must be (expert, one of {EXPERT_SHARDS}), got {shard_id!r}")
+    expert, which = shard_id
+    if not 0 <= expert < param.shape[0]:
+        raise ValueError(f"expert index {expert} out of range for {param.shape[0]} experts")
+    if which == "w2":
+        return param.data[expert]
+    return param.data[expert].narrow(0, 0 if which == "w1" else rows_w1, rows_w1)
+
+
+def copy_into(target: torch.Tensor, loaded: torch.Tensor, shard_id: Hashable) -> None:
+    if target.shape != loaded.shape:
+        raise ValueError(f"shard {shard_id!r}: checkpoint tensor has shape {tuple(loaded.shape)}, expected {tuple(target.shape)}")
+    target.copy_(loaded)
+
+
+def expert_shard_ids(num_experts: int, w13: bool) -> tuple:
+    return tuple((e, w) for e in range(num_experts) for w in (("w1", "w3") if w13 else ("w2",)))
+
+
+class FusedMoE(nn.Module):
+    """All routed experts of one layer, stacked (see the module docstring).
+
+    `forward(hidden [n, H], topk_weights [n, k], topk_ids [n, k]) -> [n, H]` computes
+    `sum_j topk_weights[t, j] * down_e(silu(gate_e(x_t)) * up_e(x_t))` with e = topk_ids[t, j].
+    """
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.w13_weight = new_parameter((num_experts, 2 * intermediate_size, hidden_size), self.weight_loader)
+        self.w2_weight = new_parameter((num_experts, hidden_size, intermediate_size), self.weight_loader)
+        self.w13_weight.shard_ids = expert_shard_ids(num_experts, w13=True)
+        self.w2_weight.shard_ids = expert_shard_ids(num_experts, w13=False)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Hashable = None) -> None:
+        copy_into(expert_slice(param, shard_id, self.intermediate_size), loaded, shard_id)
+
+    def forward(self, hidden: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        if hidden.is_cuda:
+            from lmlang.kernels.fused_moe import fused_experts
+
+            return fused_experts(hidden.contiguous(), self.w13_weight, self.w2_weight, topk_weights, topk_ids)
+        return ref_experts(hidden, self.w13_weight, self.w2_weight, topk_weights, topk_ids)
+
+    def extra_repr(self) -> str:
+        return f"experts={self.num_experts}, hidden={self.hidden_size}, intermediate={self.intermediate_size}"
+
+
+def ref_experts(
+    hidden: torch.Tensor,  # [n, H]
+    w13: torch.Tensor,  # [E, 2I, H]
+    w2: torch.Tensor,  # [E, H, I]
+    topk_weights: torch.Tensor,  # [n, k]
+    topk_ids: torch.Tensor,  # [n, k]
+) -> torch.Tensor:  # [n, H]
+    """The experts in plain torch: one pair of matmuls per expert hit, in the input dtype."""
+    out = torch.zeros_like(hidden)
+    for expert in torch.unique(topk_ids).tolist():
+        tokens, slots = (topk_ids == expert).nonzero(as_tuple=True)
+        gate, up = F.linear(hidden[tokens], w13[expert]).chunk(2, dim=-1)
+        y = F.linear(F.silu(gate) * up, w2[expert]) * topk_weights[tokens, slots, None]
+        out.index_add_(0, tokens, y.to(out.dtype))
+    return out
+
+
+class MoEBlock(nn.Module):
+    """`experts(x, gate(x)) + shared_experts(x)`: the feed-forward of an MoE decoder layer.
+
+    Attribute names follow the checkpoints (`gate`, `experts`, `shared_experts`).
+    """
+
+    def __init__(
+        self, hidden_size: int, intermediate_size: int, routing: RoutingConfig, shared_experts: Optional[nn.Module] = None
+    ) -> None:
+        super().__init__()
+        self.gate = TopKRouter(hidden_size, routing)
+        self.experts = FusedMoE(routing.num_experts, hidden_size, intermediate_size)
+        self.shared_experts = shared_experts
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [n, H] -> [n, H]
+        topk_weights, topk_ids = self.gate(hidden)
+        out = self.experts(hidden, topk_weights, topk_ids)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(hidden)
+        return out
+
+
+def expert_params(
+    num_experts: int,
+    checkpoint_prefix: str = ".experts.",
+    param_prefix: str = ".experts.",
+    names: Sequence[str] = ("gate_proj", "up_proj", "down_proj"),
+) -> list[StackedParam]:
+    """Rows mapping `{checkpoint_prefix}{e}.{gate|up|down name}.` to the stacked `w13_` / `w2_`
+    parameters of a `FusedMoE` at `{param_prefix}` (so `.weight` and `.weight_scale_inv` both map)."""
+    gate, up, down = names
+    rows = []
+    for e in range(num_experts):
+        for name, shard in ((gate, "w1"), (up, "w3"), (down, "w2")):
+            target = f"{param_prefix}{'w2' if shard == 'w2' else 'w13'}_"
+            rows.append(StackedParam(f"{checkpoint_prefix}{e}.{name}.", target, (e, shard)))
+    return rows
