@@ -69,7 +69,7 @@ def embedded_default_model_path() -> str:
 
 def describe(path: str) -> str:
     """The one line said when the embedded default is used."""
-    return (f"lmlang: no backend given, so using the embedded default model (a tiny random-weight {MODEL_ARCH}, "
+    return (f"lmlang: no model given, so using the embedded default model (a tiny random-weight {MODEL_ARCH}, "
             f"cached at {path}): its text is not meaningful, but constrained outputs are valid. "
             f"For a real model: `lmlang run prog.py --model PATH`, or "
             f"`ll.set_default_backend(ll.Engine(PATH))` in your program.")
