@@ -15,7 +15,7 @@ from typing import Any
 from lmlang.interpreter import StreamInterpreter
 from lmlang.loop import submit
 from lmlang.program import Program
-from lmlang.stream import RunContext, RuntimeStream, StreamState
+from lmlang.stream import RunContext, StreamReader, StreamState
 
 
 async def start_program(program: Program, backend: Any, arguments: dict, defaults: dict, stream: bool = False) -> RunContext:
@@ -40,43 +40,13 @@ async def start_program(program: Program, backend: Any, arguments: dict, default
     return run
 
 
-class ExecutedHandle:
-    """The `ProgramState` handle of a compiled run's root stream (read-only)."""
-
-    tracing = False
-
-    def __init__(self, stream: RuntimeStream) -> None:
-        self.stream = stream
-
-    def append(self, nodes: tuple) -> None:
-        raise RuntimeError("the state of a compiled run is read-only; append in the program instead")
-
-    def fork(self, n: int) -> list:
-        raise RuntimeError("the state of a compiled run is read-only")
-
-    def join(self, children: list) -> None:
-        raise RuntimeError("the state of a compiled run is read-only")
-
-    def get(self, name: str) -> Any:
-        return self.stream.get(name, lambda st: st.variables)
-
-    def meta_info(self, name: str) -> Any:
-        return self.stream.get(name, lambda st: st.meta_info)
-
-    def state(self) -> StreamState:
-        return self.stream.wait_idle()
-
-    def pieces(self, until_var: Any):
-        return self.stream.pieces(until_var)
-
-
 def execute_program(program: Program, backend: Any, arguments: dict, defaults: dict, stream: bool = False) -> Any:
     """Runs `program` on the background loop; returns the root's `ProgramState` (after the whole
     run unless `stream`, in which case it returns at once and reads wait)."""
     from lmlang.state import ProgramState
 
     run = submit(start_program(program, backend, arguments, defaults, stream)).result()
-    state = ProgramState(ExecutedHandle(run.streams[program.root.id]))
+    state = ProgramState(StreamReader(run.streams[program.root.id]))
     state._finished = submit(run.finish())
     if not stream:
         state._finished.result()

@@ -12,15 +12,14 @@ waits for `x`.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable
 
 from lmlang.backends.base import GenRequest, SelectRequest
 from lmlang.choices import CHOICE_METHODS
-from lmlang.ir import Join
+from lmlang.ir import Fork, Join
 from lmlang.loop import get_loop, submit
 from lmlang.sampling import merge
-from lmlang.stream import RunContext, RuntimeStream, StreamState
+from lmlang.stream import RunContext, RuntimeStream, StreamReader, StreamState
 from lmlang.visitor import NodeVisitor, ShapeChecker, StreamShape
 
 
@@ -82,6 +81,9 @@ class StreamInterpreter(NodeVisitor):
             on_text=on_text if self.run.stream else None,
         )
         result = await self.run.backend.generate(request)
+        finish = result.meta_info.get("finish_reason") or {}
+        if isinstance(finish, dict) and finish.get("type") == "abort":
+            raise RuntimeError(f"gen {node.name!r} was aborted by the backend: {finish.get('message') or 'no reason given'}")
         already = "".join(streamed)
         if not result.text.startswith(already):
             raise RuntimeError(f"the backend streamed {already!r} but returned {result.text!r}")
@@ -145,28 +147,22 @@ class StreamInterpreter(NodeVisitor):
             await self.run.backend.unpin(handle)
 
 
+_PARSERS = {"int": "parse_int", "float": "parse_float", "bool": "parse_bool", "string": "parse_string"}
+
+
 def convert(dtype: str, text: str, name: Any) -> Any:
-    """The Python value of a typed gen's text."""
+    """The Python value of a typed gen's text (the grammar package's parsers, which match its regexes)."""
+    if dtype == "str":
+        return text
+    from lmlang.grammar import typed
+
     try:
-        if dtype == "str":
-            return text
-        if dtype == "int":
-            return int(text.strip())
-        if dtype == "float":
-            return float(text.strip())
-        if dtype == "bool":
-            return {"true": True, "false": False}[text.strip().lower()]
-        if dtype == "string":
-            value = json.loads(text)
-            if not isinstance(value, str):
-                raise ValueError("not a JSON string")
-            return value
+        return getattr(typed, _PARSERS[dtype])(text)
     except (ValueError, KeyError) as e:
         raise ValueError(f"gen {name!r} produced {text!r}, which is not a {dtype} ({e}); was it cut by max_tokens?") from None
-    raise ValueError(f"unknown gen dtype {dtype!r}")
 
 
-class InterpreterHandle:
+class InterpreterHandle(StreamReader):
     """The program-facing side of one stream in an eager run (used by `ProgramState`).
 
     It checks each node against its own copy of the stream's shape before queueing it, so a
@@ -174,29 +170,19 @@ class InterpreterHandle:
     """
 
     def __init__(self, run: RunContext, stream: RuntimeStream, shape: StreamShape, handles: dict) -> None:
+        super().__init__(stream)
         self.run = run
-        self.stream = stream
         self.shape = shape
         self.handles = handles
         handles[stream.sid] = self
         self.checker = ShapeChecker(shape, lambda sid: handles[sid].shape)
-
-    tracing = False
 
     def append(self, nodes: tuple) -> None:
         for node in nodes:
             self.checker.visit(node)
         self.stream.submit(nodes)
 
-    def get(self, name: str) -> Any:
-        return self.stream.get(name, lambda st: st.variables)
-
-    def meta_info(self, name: str) -> Any:
-        return self.stream.get(name, lambda st: st.meta_info)
-
     def fork(self, n: int) -> list:
-        from lmlang.ir import Fork
-
         children = [self.run.new_stream(self.stream) for _ in range(n)]
         handles = [InterpreterHandle(self.run, c, self.shape.forked(), self.handles) for c in children]
         self.append((Fork(tuple(c.sid for c in children)),))
@@ -206,12 +192,6 @@ class InterpreterHandle:
         for child in children:
             child.stream.end()
         self.append((Join(tuple(c.stream.sid for c in children)),))
-
-    def state(self) -> StreamState:
-        return self.stream.wait_idle()
-
-    def pieces(self, until_var: Any):
-        return self.stream.pieces(until_var)
 
 
 def run_function(fn: Callable[..., Any], arguments: dict, backend: Any, defaults: dict, stream: bool) -> Any:

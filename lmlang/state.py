@@ -115,12 +115,11 @@ class ProgramState:
         return render_html(self._handle.state().pieces)
 
     def __repr__(self) -> str:
+        """Never waits: shows the text produced so far."""
         if getattr(self._handle, "tracing", False):
             return "<ProgramState (tracing)>"
-        try:
-            return f"ProgramState({self.text()!r})"
-        except Exception as e:  # noqa: BLE001 - a repr must not raise
-            return f"<ProgramState failed: {e!r}>"
+        text = self._handle.snapshot()
+        return "<ProgramState (not started)>" if text is None else f"<ProgramState {text[-200:]!r}>"
 
 
 class ForkGroup:
@@ -133,6 +132,11 @@ class ForkGroup:
 
     def __getitem__(self, i: int) -> ProgramState:
         return self._states[i]
+
+    def __setitem__(self, i: int, state: ProgramState) -> None:
+        # `forks[i] += x` appends in place, then assigns the same branch back
+        if state is not self._states[i]:
+            raise TypeError("fork branches cannot be replaced; append to them with forks[i] += ...")
 
     def __len__(self) -> int:
         return len(self._states)

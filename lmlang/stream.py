@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
+from lmlang.ir import Gen, Join, Select, VarScopeEnd
 from lmlang.visitor import StreamShape
 
 
@@ -94,6 +95,9 @@ class RuntimeStream:
         self._cond = threading.Condition()
         self._submitted = 0
         self._executed = 0
+        # name -> the executed count after which the last submitted setter of `name` has run
+        self._setters: dict = {}
+        self._join_at = 0
         self._ended = False
         self._done = False
         self._wake = asyncio.Event()
@@ -107,8 +111,13 @@ class RuntimeStream:
                 raise self.error
             if self._ended:
                 raise RuntimeError(f"stream {self.sid} has ended; nothing more can be appended")
+            for node in nodes:
+                self._submitted += 1
+                for name in _names_set_by(node):
+                    self._setters[name] = self._submitted
+                if isinstance(node, Join):
+                    self._join_at = self._submitted
             self._nodes.extend(nodes)
-            self._submitted += len(nodes)
         self.run.call_soon(self._wake.set)
 
     def end(self) -> None:
@@ -121,6 +130,13 @@ class RuntimeStream:
         """Begins executing with `state` (call on the loop)."""
         self.state = state
         self._task = asyncio.get_running_loop().create_task(self._work())
+        self._task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        # a task cancelled before its first step never runs `_work`'s cleanup
+        if task.cancelled() and not self._done:
+            self._fail(RunAborted(f"stream {self.sid} was cancelled"))
+            self._finish()
 
     async def _work(self) -> None:
         interpreter = self.run.interpreter_for(self)
@@ -208,13 +224,20 @@ class RuntimeStream:
                 raise self.error
             return self.state
 
+    def _ready(self, name: str, read: Callable[[StreamState], dict]) -> bool:
+        """`name` is set and no setter of it submitted so far is still pending."""
+        return (
+            self.state is not None
+            and name in read(self.state)
+            and self._executed >= max(self._setters.get(name, 0), self._join_at)
+        )
+
     def get(self, name: str, read: Callable[[StreamState], dict]) -> Any:
-        """`read(state)[name]` once it exists; `KeyError` if the stream goes idle without it."""
+        """`read(state)[name]` once every node submitted to set it has run; `KeyError` if the
+        stream goes idle without it."""
         with self._cond:
-            self._cond.wait_for(
-                lambda: (self.state is not None and name in read(self.state)) or self.error is not None or self._idle()
-            )
-            if self.state is not None and name in read(self.state):
+            self._cond.wait_for(lambda: self._ready(name, read) or self.error is not None or self._idle())
+            if self._ready(name, read):
                 return read(self.state)[name]
             if self.error is not None:
                 raise self.error
@@ -230,13 +253,13 @@ class RuntimeStream:
                     lambda: self.error is not None
                     or (self.state is not None and len(self.state.pieces) > index)
                     or self._done
-                    or (until_var is not None and self.state is not None and until_var in self.state.variables)
+                    or (until_var is not None and self._ready(until_var, _variables))
                     or (until_var is not None and self._idle())
                 )
                 new = list(self.state.pieces[index:]) if self.state is not None else []
                 finished = (
                     self._done
-                    or (until_var is not None and until_var in self.state.variables)
+                    or (until_var is not None and self._ready(until_var, _variables))
                     or (until_var is not None and self._idle())
                 )
                 error = self.error
@@ -246,6 +269,54 @@ class RuntimeStream:
                 raise error
             if finished:
                 return
+
+
+class StreamReader:
+    """The read side of a `ProgramState` over a runtime stream (a compiled run's root is only
+    this; the interpreter's handle adds appending)."""
+
+    tracing = False
+
+    def __init__(self, stream: RuntimeStream) -> None:
+        self.stream = stream
+
+    def append(self, nodes: tuple) -> None:
+        raise RuntimeError("this state is read-only (the program that made it has finished)")
+
+    def fork(self, n: int) -> list:
+        raise RuntimeError("this state is read-only (the program that made it has finished)")
+
+    def join(self, children: list) -> None:
+        raise RuntimeError("this state is read-only (the program that made it has finished)")
+
+    def get(self, name: str) -> Any:
+        return self.stream.get(name, _variables)
+
+    def meta_info(self, name: str) -> Any:
+        return self.stream.get(name, lambda st: st.meta_info)
+
+    def state(self) -> StreamState:
+        return self.stream.wait_idle()
+
+    def pieces(self, until_var: Optional[str]) -> Iterator[Piece]:
+        return self.stream.pieces(until_var)
+
+    def snapshot(self) -> Optional[str]:
+        """The text so far, without waiting (None before the stream started)."""
+        state = self.stream.state
+        return None if state is None else state.text
+
+
+def _variables(state: StreamState) -> dict:
+    return state.variables
+
+
+def _names_set_by(node: Any) -> tuple:
+    if isinstance(node, (Gen, Select)) and node.name is not None:
+        return (node.name,)
+    if isinstance(node, VarScopeEnd):
+        return (node.name,)
+    return ()
 
 
 class RunContext:

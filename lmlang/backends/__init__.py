@@ -37,17 +37,17 @@ def get_default_backend() -> Optional[Any]:
 
 
 def resolve_backend(backend: Any = None) -> Any:
-    """`backend`, else the default; raises a clear error when there is neither."""
+    """`backend`, else the default set by `set_default_backend`, else the embedded default model
+    (DESIGN §7: a tiny built-in engine, made on first use, which says once what it is)."""
     from lmlang.backends.base import Backend
 
     chosen = backend if backend is not None else _default
     if chosen is None:
-        raise RuntimeError(
-            "no backend: pass backend=... to run(), or call ll.set_default_backend(ll.Engine(model_path)) "
-            "(or ll.RuntimeEndpoint(url) / ll.OpenAI(model))"
-        )
+        from lmlang.default_backend import get_embedded_default_engine
+
+        chosen = get_embedded_default_engine()
     if not isinstance(chosen, Backend):
-        raise TypeError(f"backend must be an lmlang backend, got {type(chosen).__name__}")
+        raise TypeError(f"backend must be an lmlang backend (ll.Engine, ll.RuntimeEndpoint, ll.OpenAI), got {type(chosen).__name__}")
     return chosen
 
 

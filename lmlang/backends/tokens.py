@@ -138,7 +138,7 @@ def _scored(out: dict, ids: list, first: int, start: int) -> list:
             f"the backend returned {None if entries is None else len(entries)} prompt logprobs for a "
             f"{len(ids)}-token prompt scored from {start}; expected {len(ids) - start}"
         )
-    picked = [(float(lp), int(tid)) for lp, tid in entries[first - start :]]
+    picked = [(float(e[0]), int(e[1])) for e in entries[first - start :]]  # servers may add the token text
     if [tid for _, tid in picked] != list(ids[first:]):
         raise RuntimeError("the backend's prompt logprobs do not match the prompt's tokens")
     return picked
