@@ -24,9 +24,20 @@ from typing import Any, Sequence
 import torch
 
 
+def as_token_list(token_ids: Sequence[int]) -> list:
+    """`token_ids` as a list of ints (lists pass through uncopied; tensors via `tolist`)."""
+    if isinstance(token_ids, list):
+        return token_ids
+    if isinstance(token_ids, torch.Tensor):
+        return token_ids.tolist()
+    return list(token_ids)
+
+
 @dataclass
 class MatchResult:
-    slots: torch.Tensor  # [matched_len] int64, KV slots of the matched prefix, in order
+    # [matched_len] int64, KV slots of the matched prefix, in order; read-only (it may be the
+    # cache's own tensor)
+    slots: torch.Tensor
     node: Any  # opaque handle for lock/unlock (None when nothing matched)
 
     @property

@@ -19,8 +19,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from lmlang.runtime.cache.base import MatchResult, PrefixCache, register_cache
-from lmlang.runtime.cache.radix_cache import _as_list
+from lmlang.runtime.cache.base import MatchResult, PrefixCache, as_token_list, register_cache
 
 _EMPTY = torch.empty(0, dtype=torch.int64)
 _ROOT_HASH = 0
@@ -77,13 +76,22 @@ class BlockCache(PrefixCache):
             prev = block
 
     def match_prefix(self, token_ids: Sequence[int]) -> MatchResult:
+        # The same walk as `_chain`, inlined: this runs for every waiting request at every step.
+        tokens = as_token_list(token_ids)
+        bs = self.block_size
+        blocks = self._blocks
         self._clock += 1
+        now = self._clock
         pieces = []
+        h = _ROOT_HASH
         last = None
-        for _, _, block in self._chain(_as_list(token_ids)):
-            if block is None:
+        for start in range(0, len(tokens) - bs + 1, bs):
+            block_tokens = tuple(tokens[start : start + bs])
+            h = hash((h, block_tokens))
+            block = blocks.get(h)
+            if block is None or block.parent is not last or block.tokens != block_tokens:
                 break
-            block.last_access = self._clock
+            block.last_access = now
             pieces.append(block.slots)
             last = block
         return MatchResult(self._join(pieces), last)
@@ -128,7 +136,7 @@ class BlockCache(PrefixCache):
         """Caches the request's full blocks. Returns the last cached block of its chain, how many
         leading tokens the cache now owns, and their slot tensors. Frees the request's blocks
         that duplicate cached ones; what lies beyond the returned length stays the request's."""
-        tokens = _as_list(token_ids)
+        tokens = as_token_list(token_ids)
         if len(tokens) != slots.shape[0]:
             raise ValueError(f"token_ids ({len(tokens)}) and slots ({slots.shape[0]}) differ in length")
         owned_from = self.cached_length(node)
@@ -184,6 +192,7 @@ class BlockCache(PrefixCache):
     def evict(self, num_tokens: int) -> int:
         freed = 0
         heap = self._heap
+        released = []  # freed in one call: one allocator round trip however many leaves go
         while freed < num_tokens and heap:
             stamp, _, block = heapq.heappop(heap)
             if self._blocks.get(block.hash) is not block or block.num_children or block.ref > 0:
@@ -194,13 +203,15 @@ class BlockCache(PrefixCache):
                 continue
             block.in_heap = False
             del self._blocks[block.hash]
-            self.allocator.free(block.slots)
+            released.append(block.slots)
             freed += self.block_size
             self._evictable -= self.block_size
             parent = block.parent
             if parent is not None:
                 parent.num_children -= 1
                 self._offer(parent)
+        if released:
+            self.allocator.free(torch.cat(released))
         return freed
 
     def reset(self) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from lmlang.runtime.cache.base import MatchResult, PrefixCache, register_cache
+from lmlang.runtime.cache.base import MatchResult, PrefixCache, as_token_list, register_cache
 
 _EMPTY = torch.empty(0, dtype=torch.int64)
 _CHUNK = 32  # tokens compared per list slice when locating a mismatch inside an edge
@@ -45,22 +45,12 @@ class _Node:
 def _common_len(key: list, tokens: list, start: int) -> int:
     """Length of the common prefix of `key` and `tokens[start:]`."""
     n = min(len(key), len(tokens) - start)
-    if n == len(key) and tokens[start : start + n] == key:
-        return n
     i = 0
     while i + _CHUNK <= n and tokens[start + i : start + i + _CHUNK] == key[i : i + _CHUNK]:
         i += _CHUNK
     while i < n and tokens[start + i] == key[i]:
         i += 1
     return i
-
-
-def _as_list(token_ids: Sequence[int]) -> list:
-    if isinstance(token_ids, list):
-        return token_ids
-    if isinstance(token_ids, torch.Tensor):
-        return token_ids.tolist()
-    return list(token_ids)
 
 
 @register_cache("radix")
@@ -97,13 +87,16 @@ class RadixCache(PrefixCache):
         pieces = []
         pos = 0
         n = len(tokens)
+        ps = self.page_size
         while pos < n:
-            child = node.children.get(self._child_key(tokens, pos))
+            child = node.children.get(tokens[pos] if ps == 1 else tuple(tokens[pos : pos + ps]))
             if child is None:
                 break
-            c = _common_len(child.key, tokens, pos)
-            c -= c % self.page_size
-            if c < len(child.key):
+            key = child.key
+            c = len(key)
+            if tokens[pos : pos + c] != key:  # the match ends inside this edge
+                c = _common_len(key, tokens, pos)
+                c -= c % ps
                 child = self._split(child, c)
             child.last_access = now
             pieces.append(child.slots)
@@ -127,7 +120,7 @@ class RadixCache(PrefixCache):
         return head
 
     def match_prefix(self, token_ids: Sequence[int]) -> MatchResult:
-        tokens = _as_list(token_ids)
+        tokens = as_token_list(token_ids)
         usable = len(tokens) - len(tokens) % self.page_size
         node, pieces = self._walk(tokens[:usable] if usable < len(tokens) else tokens)
         return MatchResult(self._join(pieces), None if node is self.root else node)
@@ -191,7 +184,7 @@ class RadixCache(PrefixCache):
     def _insert_request(self, token_ids: Sequence[int], slots: torch.Tensor, node: Any) -> tuple[_Node, int, list]:
         """Shared part of `cache_finished` / `cache_unfinished`: inserts the request's whole
         pages and frees its slots that duplicate tokens cached meanwhile."""
-        tokens = _as_list(token_ids)
+        tokens = as_token_list(token_ids)
         if len(tokens) != slots.shape[0]:
             raise ValueError(f"token_ids ({len(tokens)}) and slots ({slots.shape[0]}) differ in length")
         owned_from = self.cached_length(node)
@@ -228,6 +221,7 @@ class RadixCache(PrefixCache):
     def evict(self, num_tokens: int) -> int:
         freed = 0
         heap = self._heap
+        released = []  # freed in one call: one allocator round trip however many leaves go
         while freed < num_tokens and heap:
             stamp, _, node = heapq.heappop(heap)
             if node.parent is None or node.children or node.lock_ref > 0:
@@ -240,10 +234,12 @@ class RadixCache(PrefixCache):
             parent = node.parent
             del parent.children[self._child_key(node.key, 0)]
             node.parent = None
-            self.allocator.free(node.slots)
+            released.append(node.slots)
             freed += len(node.key)
             self._evictable -= len(node.key)
             self._offer(parent)
+        if released:
+            self.allocator.free(torch.cat(released))
         return freed
 
     def reset(self) -> None:

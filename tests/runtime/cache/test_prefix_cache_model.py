@@ -199,7 +199,8 @@ class PrefixCacheMachine(RuleBasedStateMachine):
 
 
 def _machine(kind: str, page_size: int):
-    cls = type(f"{kind.capitalize()}Page{page_size}Machine", (PrefixCacheMachine,), {"kind": kind, "page_size": page_size})
+    name = f"{kind.capitalize()}Page{page_size}Machine"
+    cls = type(name, (PrefixCacheMachine,), {"kind": kind, "page_size": page_size})
     cls.TestCase.settings = settings(max_examples=60, stateful_step_count=50, deadline=None)
     return cls.TestCase
 
