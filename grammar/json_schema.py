@@ -38,10 +38,11 @@ from typing import Any
 from .errors import GrammarError
 from .json_schema_document import ASSERTION_KEYWORDS, TYPE_KEYWORDS, SchemaDocument
 from .json_schema_ecma import PatternError, pattern_regex
-from .json_schema_flatten import ALL_TYPES, Flat, Located, flatten
+from .json_schema_flatten import Flat, Located, flatten
 from .json_schema_ir import EMPTY, Grammar, Lit, Node, Pat, Ref, alt, escape_literal, rep, seq
 from .json_schema_numbers import number_range_regex
 from .json_schema_objects import build_array, build_object
+from .json_schema_oneof import candidates, exclusive, required_only_branches
 from .json_schema_strings import (
     FORMATS,
     STRING_UNIT,
@@ -137,6 +138,11 @@ class _Builder:
         self.rules: dict[str, Node | None] = {}
         self._rule_of: dict[int, str] = {}
         self._shared: dict[Node, str] = {}
+        self._done: dict[tuple, tuple] = {}
+        self._active: dict[tuple, str] = {}
+        self._recursive: set[str] = set()
+        self._combined: dict[tuple, Located] = {}
+        self._keepalive: list = []
         self.unsat_reasons: list[str] = []
 
     def note_unsat(self, reason: str) -> None:
@@ -187,8 +193,12 @@ class _Builder:
             return self.any_value()
         if len(locs) == 1:
             return self.gen(locs[0])
-        combined = Located({"allOf": [loc.schema for loc in locs]}, locs[0].base, locs[0].path)
-        return self.gen_flat(locs, frozenset(), combined)
+        key = tuple(id(loc.schema) for loc in locs)
+        if key not in self._combined:
+            combined = {"allOf": [loc.schema for loc in locs]}
+            self._keepalive.append(combined)
+            self._combined[key] = Located(combined, locs[0].base, locs[0].path)
+        return self.gen_flat(locs, frozenset(), self._combined[key])
 
     def _ref(self, loc: Located) -> Node:
         target, base, path = self.doc.resolve(loc.schema["$ref"], self.doc.base_of(loc.schema, loc.base), loc.path)
@@ -202,18 +212,41 @@ class _Builder:
 
     def gen_flat(self, roots: list[Located], resolved: frozenset, origin: Located) -> Node | None:
         """The language of the conjunction of `roots`, distributing anyOf/oneOf over branches.
-        Values from enum/const are checked against `origin`, the schema being compiled."""
+        Values from enum/const are checked against `origin`, the schema being compiled.
+
+        Memoized; a conjunction reached again while it is being built (recursion through `$ref`
+        inside allOf/anyOf/oneOf) becomes a named rule."""
+        key = (tuple(id(r.schema) for r in roots), resolved, id(origin.schema))
+        if key in self._done:
+            return self._done[key][0]
+        name = self._active.get(key)
+        if name is not None:
+            self._recursive.add(name)
+            return Ref(name)
+        name = f"c{len(self._done) + len(self._active)}"
+        self._active[key] = name
+        try:
+            node = self._gen_flat(roots, resolved, origin)
+        finally:
+            del self._active[key]
+        if name in self._recursive:
+            self.rules[name] = node
+            node = Ref(name)
+        self._done[key] = (node, roots, origin)
+        return node
+
+    def _gen_flat(self, roots: list[Located], resolved: frozenset, origin: Located) -> Node | None:
         flat = flatten(self.doc, roots, resolved)
         if flat.unsat:
             self.note_unsat(flat.unsat)
             return None
-        candidates = _candidates(flat)
-        if candidates is not None:
-            return self._finite(candidates, origin)
+        values = candidates(flat)
+        if values is not None:
+            return self._finite(values, origin)
         if flat.disjunctions:
             d = flat.disjunctions[0]
             if d.kind == "oneOf":
-                self._check_exclusive(d, roots, resolved | {d.key})
+                return self._one_of(d, roots, resolved | {d.key}, origin)
             return alt(*(self.gen_flat(roots + [b], resolved | {d.key}, origin) for b in d.branches))
         return self._typed(flat, origin)
 
@@ -339,25 +372,22 @@ class _Builder:
             return Pat(f'"{body}"')
         return Pat(f'"{string_body_regex(lo, hi)}"')
 
-    def _check_exclusive(self, d, roots: list[Located], resolved: frozenset) -> None:
-        """Refuse a oneOf unless its satisfiable branches are provably mutually exclusive."""
-        flats = [flatten(self.doc, roots + [b], resolved) for b in d.branches]
+    def _one_of(self, d, roots: list[Located], resolved: frozenset, origin: Located) -> Node | None:
+        """A oneOf as the union of its branches, once they are known to exclude each other."""
+        branch_roots = [roots + [b] for b in d.branches]
+        flats = [flatten(self.doc, r, resolved) for r in branch_roots]
         for i, fi in enumerate(flats):
             for j in range(i + 1, len(flats)):
-                if not _exclusive(self.doc, fi, flats[j], d.branches[i], d.branches[j]):
-                    raise GrammarError(
-                        f"oneOf at {d.path}: cannot prove branches {i} and {j} mutually exclusive"
-                    )
-
-
-def _candidates(flat: Flat) -> list | None:
-    """The finite set of values a conjunction can take, when it is finite."""
-    if flat.finite is not None:
-        return flat.finite
-    types = flat.allowed_types()
-    if types <= {"null", "boolean"}:
-        return ([None] if "null" in types else []) + ([False, True] if "boolean" in types else [])
-    return None
+                if not exclusive(self.doc, fi, flats[j], d.branches[i], d.branches[j]):
+                    rewritten = required_only_branches(d.branches, self._keepalive)
+                    if rewritten is None:
+                        raise GrammarError(f"oneOf at {d.path}: cannot prove branches {i} and {j} mutually exclusive")
+                    branch_roots = [None if extra is None else roots + extra for extra in rewritten]
+                    break
+            else:
+                continue
+            break
+        return alt(*(self.gen_flat(r, resolved, origin) for r in branch_roots if r is not None))
 
 
 def _negated_types(loc: Located) -> set:
@@ -374,31 +404,3 @@ def _negated_types(loc: Located) -> set:
             out |= {"integer", "fraction"} if n == "number" else {n}
         return out
     raise GrammarError(f"not at {loc.path} is not supported (only `not` of types or booleans)")
-
-
-def _exclusive(doc: SchemaDocument, a: Flat, b: Flat, loc_a: Located, loc_b: Located) -> bool:
-    """Whether no value satisfies both branches (sufficient conditions only)."""
-    if a.unsat or b.unsat:
-        return True
-    ca, cb = _candidates(a), _candidates(b)
-    if ca is not None and cb is not None:
-        return True  # finite branches are filtered through the validator of the whole oneOf
-    if ca is not None:
-        return not any(doc.is_valid(loc_b.schema, v) for v in ca)
-    if cb is not None:
-        return not any(doc.is_valid(loc_a.schema, v) for v in cb)
-    common = (a.types if a.types is not None else ALL_TYPES) & (b.types if b.types is not None else ALL_TYPES)
-    if not common:
-        return True
-    if common == {"object"}:
-        for name in set(a.required) & set(b.required):
-            va = _property_locs(a, name)
-            vb = _property_locs(b, name)
-            values = _candidates(flatten(doc, va)) if va else None
-            if values is not None and vb and not any(all(doc.is_valid(l.schema, v) for l in vb) for v in values):
-                return True
-    return False
-
-
-def _property_locs(flat: Flat, name: str) -> list[Located]:
-    return [part.properties[name] for part in flat.objects if name in part.properties]

@@ -1,0 +1,132 @@
+"""`oneOf` made exact: proofs that branches exclude each other, and the `required`-only rewrite.
+
+A oneOf compiles to the union of its branches only when no value can satisfy two of them; any
+value the union generated would otherwise be invalid. `exclusive` gives sufficient conditions
+(on the declared types and the validity sets of the branches, never on the tightened generation):
+
+- the declared types do not meet;
+- one branch is finite (enum/const/null/boolean) and none of its values satisfies the other;
+- strings of disjoint length ranges, numbers of disjoint ranges;
+- objects where a property required by one branch is forbidden by the other
+  (`additionalProperties: false` without it, or a `false` property schema), or takes only values
+  (a finite set) that the other branch's schema for it rejects: the discriminator pattern.
+
+`required_only_branches` handles `oneOf: [{required: R1}, {required: R2}, ...]` exactly without a
+proof: branch i becomes "R_i present and, for each j != i, some name of R_j - R_i absent".
+"""
+
+from __future__ import annotations
+
+from .json_schema_document import ASSERTION_KEYWORDS, SchemaDocument
+from .json_schema_flatten import ALL_TYPES, Flat, Located, flatten
+from .json_schema_numbers import Bound
+
+
+def candidates(flat: Flat) -> list | None:
+    """The finite set of values a conjunction can take, when it is finite."""
+    if flat.finite is not None:
+        return flat.finite
+    types = flat.allowed_types()
+    if types <= {"null", "boolean"}:
+        return ([None] if "null" in types else []) + ([False, True] if "boolean" in types else [])
+    return None
+
+
+def _declared(flat: Flat) -> frozenset:
+    return flat.types if flat.types is not None else ALL_TYPES
+
+
+def exclusive(doc: SchemaDocument, a: Flat, b: Flat, loc_a: Located, loc_b: Located) -> bool:
+    """Whether no value satisfies both branches (sufficient conditions only)."""
+    if a.unsat or b.unsat:
+        return True
+    ca, cb = candidates(a), candidates(b)
+    if ca is not None and cb is not None:
+        return True  # finite branches are filtered through the validator of the whole oneOf
+    if ca is not None:
+        return not any(doc.is_valid(loc_b.schema, v) for v in ca)
+    if cb is not None:
+        return not any(doc.is_valid(loc_a.schema, v) for v in cb)
+    common = _declared(a) & _declared(b)
+    if not common:
+        return True
+    if common <= {"string"} and _disjoint_lengths(a, b):
+        return True
+    if common <= {"integer", "fraction"} and _disjoint_ranges(a.lower, a.upper, b.lower, b.upper):
+        return True
+    if common <= {"object"}:
+        return _objects_exclusive(doc, a, b) or _objects_exclusive(doc, b, a)
+    return False
+
+
+def _disjoint_lengths(a: Flat, b: Flat) -> bool:
+    return (a.max_length is not None and a.max_length < b.min_length) or (
+        b.max_length is not None and b.max_length < a.min_length
+    )
+
+
+def _below(upper: Bound | None, lower: Bound | None) -> bool:
+    """Whether every value under `upper` is below every value over `lower`."""
+    if upper is None or lower is None:
+        return False
+    return upper.value < lower.value or (upper.value == lower.value and not (upper.inclusive and lower.inclusive))
+
+
+def _disjoint_ranges(lo_a, hi_a, lo_b, hi_b) -> bool:
+    return _below(hi_a, lo_b) or _below(hi_b, lo_a)
+
+
+def _objects_exclusive(doc: SchemaDocument, a: Flat, b: Flat) -> bool:
+    for name in a.required:
+        if _forbidden(b, name):
+            return True
+        locs_a = [part.properties[name] for part in a.objects if name in part.properties]
+        values = candidates(flatten(doc, locs_a)) if locs_a else None
+        locs_b = [part.properties[name] for part in b.objects if name in part.properties]
+        if values is not None and locs_b:
+            if not any(all(doc.is_valid(loc.schema, v) for loc in locs_b) for v in values):
+                return True
+    return False
+
+
+def _forbidden(flat: Flat, name: str) -> bool:
+    """Whether every object valid under `flat` lacks property `name`."""
+    for part in flat.objects:
+        if name in part.properties:
+            if part.properties[name].schema is False:
+                return True
+        elif not part.patterns and part.additional is not None and part.additional.schema is False:
+            return True
+    return False
+
+
+def required_only_branches(branches: list[Located], keepalive: list) -> list[list[Located]] | None:
+    """For a oneOf whose branches only list `required`: extra roots per branch (None if another
+    shape). A branch that implies another one gets None (it can never be the only one)."""
+    sets = []
+    for loc in branches:
+        s = loc.schema
+        if not isinstance(s, dict) or not isinstance(s.get("required"), list):
+            return None
+        if any(k in ASSERTION_KEYWORDS for k in s if k != "required"):
+            return None
+        sets.append(list(dict.fromkeys(s["required"])))
+    out = []
+    for i, loc in enumerate(branches):
+        extra = [loc, _synthetic(loc, {"type": "object"}, keepalive)]
+        for j, other in enumerate(sets):
+            if j == i:
+                continue
+            missing = [name for name in other if name not in sets[i]]
+            if not missing:
+                extra = None
+                break
+            absent = [{"properties": {name: False}, "additionalProperties": True} for name in missing]
+            extra.append(_synthetic(loc, absent[0] if len(absent) == 1 else {"anyOf": absent}, keepalive))
+        out.append(extra)
+    return out
+
+
+def _synthetic(loc: Located, schema: dict, keepalive: list) -> Located:
+    keepalive.append(schema)
+    return Located(schema, loc.base, loc.path)
