@@ -30,7 +30,7 @@ REVIEWS = [
 @ll.function
 def review_summary(s, review: str):
     s += ll.system("You label product reviews and summarise them in a few words.")
-    s += ll.user(f"Review: {review}\nSentiment?")
+    s += ll.user("Review: " + review + "\nSentiment?")
     s += ll.assistant(ll.select("sentiment", choices=["positive", "neutral", "negative"]))
     s += ll.user("Summarise the review in at most five words.")
     s += ll.assistant(ll.gen("summary", max_tokens=12, stop="\n"))

@@ -18,7 +18,9 @@ QUESTIONS = [
 @ll.function
 def conversation(s, questions: list):
     s += ll.system("You are a creative but concise assistant.")
-    for i, question in enumerate(questions):  # a fixed number of turns: the loop unrolls when traced
+    # a loop over an argument: traced with the list given, it unrolls
+    # (lmlang trace examples/chat.py:conversation --arg 'questions=["Hi", "Bye"]')
+    for i, question in enumerate(questions):
         s += ll.user(question)
         s += ll.assistant(ll.gen(f"reply_{i}", max_tokens=24, stop="\n"))
 

@@ -19,7 +19,7 @@ TICKETS = [
 @ll.function
 def triage(s, ticket: str):
     s += ll.system("You are a support triage assistant. Classify each ticket.")
-    s += ll.user(f"Ticket: {ticket}\nIs this a bug, a question or a feature request?")
+    s += ll.user("Ticket: " + ticket + "\nIs this a bug, a question or a feature request?")
     s += ll.assistant(ll.select("label", choices=LABELS))
 
 

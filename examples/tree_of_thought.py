@@ -15,7 +15,7 @@ NUM_BRANCHES = 3
 @ll.function
 def tree_of_thought(s, problem: str):
     s += ll.system("You solve problems step by step.")
-    s += ll.user(f"{problem}\nPropose an approach in one sentence.")
+    s += ll.user(problem + "\nPropose an approach in one sentence.")
     with s.assistant():
         forks = s.fork(NUM_BRANCHES)
         forks += lambda i: f"Approach {i + 1}: "

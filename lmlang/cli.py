@@ -89,8 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         "trace", help="print the DAG a function traces to",
         description="Imports a program file (without running its `if __name__ == '__main__'` block), traces "
                     "the named @lmlang.function and prints its program DAG.",
-        epilog="example: lmlang trace examples/tree_of_thought.py:tree_of_thought --json")
+        epilog="examples: lmlang trace examples/tree_of_thought.py:tree_of_thought --json\n"
+               "          lmlang trace examples/chat.py:conversation --arg 'questions=[\"Hi\", \"Bye\"]'",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     trace.add_argument("target", metavar="FILE:FUNCTION", help="program file and function name")
+    trace.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
+                       help="bake an argument into the trace (VALUE is read as JSON if it parses, else as a "
+                            "string); needed when the program's shape depends on it, e.g. a loop over a list")
     trace.add_argument("--json", action="store_true", help="print the DAG as JSON (Program.to_json())")
     return parser
 
@@ -114,7 +119,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "serve":
             return _serve(args)
         return _trace(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError) as exc:
         # a user mistake (bad path, bad option value): say it without a traceback
         print(f"lmlang {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -125,6 +130,7 @@ def _run(args: argparse.Namespace, program_args: list) -> int:
     import lmlang as ll
 
     backend = _backend(args, ll)
+    previous = ll.get_default_backend()
     if backend is not None:
         ll.set_default_backend(backend)
     saved_argv, saved_path = sys.argv, list(sys.path)
@@ -134,9 +140,11 @@ def _run(args: argparse.Namespace, program_args: list) -> int:
         runpy.run_path(program, run_name="__main__")
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
-        shutdown = getattr(backend, "shutdown", None)
-        if shutdown is not None:
-            shutdown()
+        if backend is not None:  # leave an in-process caller's default as it was
+            ll.set_default_backend(previous)
+            shutdown = getattr(backend, "shutdown", None)
+            if shutdown is not None:
+                shutdown()
     return 0
 
 
@@ -187,13 +195,32 @@ def _trace(args: argparse.Namespace) -> int:
     func = namespace[name]
     if not hasattr(func, "trace"):
         raise ValueError(f"{name!r} in {path} is not an @lmlang.function")
-    program = func.trace()
+    from lmlang.errors import ArgumentUsedError, TraceError
+
+    try:
+        program = func.trace(**_trace_arguments(args.arg))
+    except TraceError as exc:
+        hint = " (give that argument's value with --arg NAME=VALUE)" if isinstance(exc, ArgumentUsedError) else ""
+        raise ValueError(f"cannot trace {name}: {exc}{hint}") from None
     if args.json:
         dumped = program.to_json()
         print(dumped if isinstance(dumped, str) else json.dumps(dumped, indent=2))
     else:
         print(program)
     return 0
+
+
+def _trace_arguments(pairs: list) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--arg takes NAME=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
 
 
 def _existing_file(path: str) -> str:

@@ -14,6 +14,7 @@ torch and the runtime are imported only when a model has to be built or loaded.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
@@ -97,4 +98,5 @@ def get_embedded_default_engine() -> Any:
             import lmlang
 
             _engine = lmlang.Engine(path)
+            atexit.register(_engine.shutdown)
         return _engine
