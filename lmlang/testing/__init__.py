@@ -1,15 +1,16 @@
 """Test utilities: tiny checkpoints and tokenizers made on the fly (no model hub).
 
     make_tokenizer(path, vocab_size=512) -> str
-    make_tiny_checkpoint(path, arch, seed=0, *, max_shard_size=None, **config_overrides) -> str
+    make_tiny_checkpoint(path, arch, seed=0, *, max_shard_size=None, mtp_layers=0, **config_overrides) -> str
+    make_tiny_fp8_checkpoint(path, arch="deepseek_v3", seed=0, *, block_size=(128, 128), ...) -> str
 
-Both are imported lazily; they import torch / transformers / tokenizers only when called.
+All are imported lazily; they import torch / transformers / tokenizers only when called.
 `import lmlang` never imports this package.
 """
 
 from typing import Any
 
-__all__ = ["make_tokenizer", "make_tiny_checkpoint", "TINY_ARCHS"]
+__all__ = ["make_tokenizer", "make_tiny_checkpoint", "make_tiny_fp8_checkpoint", "TINY_ARCHS"]
 
 
 def __getattr__(name: str) -> Any:
@@ -17,6 +18,10 @@ def __getattr__(name: str) -> Any:
         from lmlang.testing.tokenizer import make_tokenizer
 
         return make_tokenizer
+    if name == "make_tiny_fp8_checkpoint":
+        from lmlang.testing.fp8 import make_tiny_fp8_checkpoint
+
+        return make_tiny_fp8_checkpoint
     if name in ("make_tiny_checkpoint", "TINY_ARCHS"):
         from lmlang.testing import checkpoints
 

@@ -27,11 +27,6 @@ class Fp8FusedMoE(nn.Module):
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, block: tuple[int, int]) -> None:
         super().__init__()
         bn, bk = block
-        if intermediate_size % bn:
-            raise ValueError(
-                f"fp8 experts: intermediate size {intermediate_size} is not a multiple of the {bn}-row weight block, "
-                "so the gate and up block scales cannot be stacked"
-            )
         self.num_experts = num_experts
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
@@ -50,6 +45,11 @@ class Fp8FusedMoE(nn.Module):
                 raise ValueError(f"fp8 checkpoint: expected {FP8_DTYPE} expert weights, got {loaded.dtype}")
             rows_w1 = self.intermediate_size
         else:
+            if self.intermediate_size % self.block[0]:
+                raise ValueError(
+                    f"fp8 checkpoint: expert intermediate size {self.intermediate_size} is not a multiple of the "
+                    f"{self.block[0]}-row weight block, so the gate and up block scales cannot be stacked"
+                )
             rows_w1 = self.intermediate_size // self.block[0]
         copy_into(expert_slice(param, shard_id, rows_w1), loaded, shard_id)
 

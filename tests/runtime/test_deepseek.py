@@ -1,0 +1,103 @@
+"""DeepSeek-V2/V3: greedy parity with transformers through the engine, absorbed == expanded MLA,
+the latent pool, and the NextN / MTP weights DeepSeek ships being skipped."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmlang.runtime import Engine
+from lmlang.runtime.cache.mla_pool import MLAKVCacheSpec, MLAKVPool
+from lmlang.runtime.model_loader import load_model
+from lmlang.runtime.models.deepseek_v2 import DeepseekV2ForCausalLM
+from lmlang.testing import make_tiny_checkpoint
+from lmlang.testing.forward import ForwardDriver
+from lmlang.testing.parity import hf_greedy_tokens, parity_prompts
+
+NEW_TOKENS = 32
+PROMPT_LENGTHS = (1, 5, 16, 17, 33, 50, 64, 100)  # chunked prefill of 16: 1 to 7 chunks
+
+
+@pytest.mark.parametrize("arch", ["deepseek_v2", "deepseek_v3"])
+def test_greedy_tokens_match_transformers(tiny_ckpt, kv_accounting, arch):
+    path = tiny_ckpt(arch)
+    prompts = parity_prompts(512, PROMPT_LENGTHS)
+    reference = hf_greedy_tokens(path, prompts, NEW_TOKENS)
+    with Engine(path, dtype="float32", chunked_prefill_size=16) as engine:
+        results = engine.generate(
+            input_ids=prompts, sampling_params={"max_new_tokens": NEW_TOKENS, "temperature": 0, "ignore_eos": True}
+        )
+        for res, ref, prompt in zip(results, reference, prompts):
+            assert res["output_ids"] == ref, f"prompt of {len(prompt)} tokens diverged"
+        assert kv_accounting(engine)["kv_in_use"] == 0
+
+
+@pytest.fixture(scope="module")
+def v3_model(tiny_ckpt):
+    model, _ = load_model(tiny_ckpt("deepseek_v3"), dtype=torch.float32)
+    return model
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("arch", ["deepseek_v2", "deepseek_v3"])
+def test_absorbed_mla_equals_expanded_for_decode_and_chunked_extend(tiny_ckpt, arch):
+    model, config = load_model(tiny_ckpt(arch), dtype=torch.float32)
+    driver = ForwardDriver(model, num_seqs=3)
+    driver.forward({0: list(range(10, 50)), 1: [7, 8, 9], 2: list(range(100, 117))})  # fill the latent cache
+    attn = model.model.layers[1].self_attn
+    gen = torch.Generator().manual_seed(0)
+    for new_tokens in ({0: [5], 1: [6], 2: [7]}, {0: [5, 6, 7, 8], 2: [9]}):  # a decode batch, then an extend
+        batch = driver.batch(new_tokens)
+        hidden = torch.randn(batch.num_tokens, config.hidden_size, generator=gen)
+        with torch.no_grad():
+            absorbed = attn(batch.positions, hidden, batch, absorbed=True)
+            expanded = attn(batch.positions, hidden, batch, absorbed=False)
+        assert _relative_error(absorbed, expanded) < 1e-5, batch.mode
+
+
+def test_mla_pool_holds_one_latent_row_per_token_and_layer(v3_model):
+    spec = v3_model.kv_cache_spec()
+    assert spec == MLAKVCacheSpec(num_layers=2, kv_lora_rank=32, qk_rope_head_dim=16)
+    assert (spec.num_kv_heads, spec.head_dim, spec.v_head_dim) == (1, 48, 32)
+    pool = spec.make_pool(10, torch.bfloat16, "cpu")
+    assert isinstance(pool, MLAKVPool) and len(pool.kv_buffer) == 2
+    assert pool.kv_buffer[0].shape == (11, 1, 48)  # slot 0 is the dummy
+    assert pool.bytes_per_slot() == 2 * 48 * 2
+    latent, rope = torch.randn(2, 32), torch.randn(2, 1, 16)
+    pool.store(1, torch.tensor([3, 7]), latent, rope)
+    assert torch.equal(pool.kv_buffer[1][[3, 7], 0], torch.cat([latent, rope[:, 0]], -1).bfloat16())
+    assert not pool.kv_buffer[0].any() and not pool.kv_buffer[1][0].any()
+
+
+def test_decode_matches_full_prefill_logits(v3_model):
+    prompt = list(range(30, 70))
+    full = ForwardDriver(v3_model, num_seqs=1).forward({0: prompt})[0]
+    driver = ForwardDriver(v3_model, num_seqs=1)
+    steps = [driver.forward({0: prompt[:33]})[0]] + [driver.forward({0: [t]})[0] for t in prompt[33:]]
+    torch.testing.assert_close(torch.cat(steps), full, atol=1e-4, rtol=1e-4)
+
+
+def test_nextn_mtp_layer_weights_are_skipped(tmp_path, v3_model):
+    path = make_tiny_checkpoint(tmp_path, "deepseek_v3", mtp_layers=1)
+    from safetensors import safe_open
+
+    with safe_open(f"{path}/model.safetensors", "pt") as f:
+        names = set(f.keys())
+    assert {"model.layers.2.eh_proj.weight", "model.layers.2.shared_head.head.weight",
+            "model.layers.2.mlp.experts.7.down_proj.weight"} <= names
+    with_mtp, _ = load_model(path, dtype=torch.float32)
+    main = dict(v3_model.named_parameters())
+    for name, param in with_mtp.named_parameters():
+        assert torch.equal(param, main[name]), name
+
+
+def test_unsupported_v2_topk_method_is_rejected(tiny_ckpt):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_ckpt("deepseek_v2"))
+    config.topk_method = "noaux_tc"
+    with pytest.raises(ValueError, match="topk_method"):
+        DeepseekV2ForCausalLM.routing_config(config)

@@ -1,0 +1,178 @@
+"""FP8 block-wise W8A8: DeepSeek's FP8 checkpoint format loads and generates, online quantization
+gives the same model, and the FP8 layers compute what their dequantized weights say."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lmlang.kernels.fp8 import FP8_DTYPE, dequant_weight_block_fp8
+from lmlang.runtime import Engine
+from lmlang.runtime.layers.linear import Linear, StackedLinear
+from lmlang.runtime.layers.moe import TopKRouter
+from lmlang.runtime.model_loader import load_model
+from lmlang.runtime.quantization import Fp8Config, Fp8FusedMoE, Fp8Linear, resolve_quantization
+from lmlang.runtime.quantization.fp8_linear import fake_quant_activation
+from lmlang.testing import make_tiny_checkpoint, make_tiny_fp8_checkpoint
+from lmlang.testing.forward import ForwardDriver
+from lmlang.testing.parity import parity_prompts
+
+BLOCK = (32, 32)  # the tiny DeepSeek-V3's dims (64, 32, 48, ...) are whole or partial 32-blocks
+PROMPTS = {0: list(range(20, 60)), 1: [5, 6, 7], 2: list(range(300, 317))}
+
+
+@pytest.fixture(scope="module")
+def fp8_path(tmp_path_factory):
+    return make_tiny_fp8_checkpoint(tmp_path_factory.mktemp("fp8_v3"), "deepseek_v3", block_size=BLOCK)
+
+
+def _logits(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat(ForwardDriver(model, num_seqs=3).forward(PROMPTS))
+
+
+def test_checkpoint_is_written_in_deepseek_fp8_format(fp8_path, tiny_ckpt):
+    from safetensors.torch import load_file
+
+    with open(f"{fp8_path}/config.json") as f:
+        qcfg = json.load(f)["quantization_config"]
+    assert qcfg == {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3", "weight_block_size": [32, 32]}
+    fp8, original = load_file(f"{fp8_path}/model.safetensors"), load_file(f"{tiny_ckpt('deepseek_v3')}/model.safetensors")
+    name = "model.layers.1.self_attn.q_b_proj.weight"  # [4 * 32, 48]
+    assert fp8[name].dtype == FP8_DTYPE and fp8[name + "_scale_inv"].shape == (4, 2)
+    restored = dequant_weight_block_fp8(fp8[name], fp8[name + "_scale_inv"], BLOCK)
+    assert ((restored - original[name]).norm() / original[name].norm()) < 0.05
+    assert fp8["model.layers.1.mlp.experts.3.up_proj.weight"].dtype == FP8_DTYPE
+    for kept in ("model.layers.1.mlp.gate.weight", "model.embed_tokens.weight", "lm_head.weight",
+                 "model.layers.1.mlp.gate.e_score_correction_bias", "model.norm.weight"):
+        assert fp8[kept].dtype == torch.float32 and kept + "_scale_inv" not in fp8
+
+
+def test_fp8_checkpoint_loads_fp8_layers_equal_to_online_quantization(fp8_path, tiny_ckpt):
+    loaded, _ = load_model(fp8_path, dtype=torch.float32)
+    modules = list(loaded.modules())
+    assert not any(isinstance(m, Linear) for m in modules)
+    assert sum(isinstance(m, Fp8FusedMoE) for m in modules) == 1
+    assert sum(isinstance(m, Fp8Linear) for m in modules) == 2 * 5 + 2 + 2  # attention x2, dense + shared MLPs
+    assert isinstance(loaded.model.layers[1].mlp.gate, TopKRouter)
+    online, _ = load_model(tiny_ckpt("deepseek_v3"), dtype=torch.float32, quantization=Fp8Config(BLOCK))
+    full, _ = load_model(tiny_ckpt("deepseek_v3"), dtype=torch.float32)
+    torch.testing.assert_close(_logits(loaded), _logits(online), atol=1e-5, rtol=1e-5)
+    # every FP8 weight holds its own projection (tiny random models amplify W8A8 noise too much to
+    # compare logits with the float32 model; the layers are compared one by one below)
+    full_modules = dict(full.named_modules())
+    for name, module in loaded.named_modules():
+        if isinstance(module, Fp8Linear):
+            dense, original = module.dequantized_weight(), full_modules[name].weight
+        elif isinstance(module, Fp8FusedMoE):
+            dense = torch.stack([dequant_weight_block_fp8(w, s, BLOCK) for w, s in
+                                 zip(module.w13_weight, module.w13_weight_scale_inv)])
+            original = full_modules[name].w13_weight
+        else:
+            continue
+        assert ((dense - original).norm() / original.norm()) < 0.05, name
+
+
+def test_fp8_checkpoint_generates_like_online_quantization_through_the_engine(tmp_path_factory, kv_accounting):
+    # 128 x 128 blocks (the default of quantization="fp8") over dims of 64 and 128: ragged k blocks
+    # are zero-padded, and the 128-wide gate/up shards start on block rows, so both paths agree exactly
+    dims = {"moe_intermediate_size": 128, "intermediate_size": 128}
+    fp8 = make_tiny_fp8_checkpoint(tmp_path_factory.mktemp("fp8_128"), "deepseek_v3", **dims)
+    plain = make_tiny_checkpoint(tmp_path_factory.mktemp("plain_128"), "deepseek_v3", **dims)
+    prompts = parity_prompts(512, (1, 9, 20, 40))
+    params = {"max_new_tokens": 16, "temperature": 0, "ignore_eos": True}
+    outputs = []
+    for path, quantization in ((fp8, None), (plain, "fp8")):
+        with Engine(path, dtype="float32", chunked_prefill_size=16, quantization=quantization) as engine:
+            outputs.append([r["output_ids"] for r in engine.generate(input_ids=prompts, sampling_params=params)])
+            assert kv_accounting(engine)["kv_in_use"] == 0
+    assert outputs[0] == outputs[1]
+    assert all(len(ids) == 16 for ids in outputs[0])
+
+
+def test_sharded_fp8_checkpoint_without_q_lora_loads(tmp_path, tiny_ckpt):
+    path = make_tiny_fp8_checkpoint(tmp_path, "deepseek_v2", block_size=(16, 16), max_shard_size="200KB")
+    with open(f"{path}/model.safetensors.index.json") as f:
+        assert "model.layers.1.self_attn.q_proj.weight_scale_inv" in json.load(f)["weight_map"]
+    model, _ = load_model(path, dtype=torch.float32)
+    assert isinstance(model.model.layers[1].self_attn.q_proj, Fp8Linear)
+    assert torch.isfinite(_logits(model)).all()
+
+
+def test_fp8_linear_equals_dequantized_matmul_with_padded_k_and_shards():
+    gen = torch.Generator().manual_seed(0)
+    stacked = StackedLinear(40, {"a": 32, "b": 16}, bias=True)  # K = 40: padded to 64
+    with torch.no_grad():
+        for p in stacked.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    layer = Fp8Linear.quantize(stacked, BLOCK)
+    assert layer.weight.shape == (48, 64) and layer.split_sizes == [32, 16]
+    x = torch.randn(5, 40, generator=gen)
+    expected = fake_quant_activation(torch.nn.functional.pad(x, (0, 24)), 32)[:, :40] @ layer.dequantized_weight().t()
+    torch.testing.assert_close(layer(x), expected + stacked.bias, atol=1e-4, rtol=1e-4)
+    assert ((layer(x) - stacked(x)).norm() / stacked(x).norm()) < 0.05
+
+
+def test_fp8_checkpoint_errors_are_clear():
+    layer = Fp8Linear(64, 48, False, BLOCK, {"a": 16, "b": 32})
+    with pytest.raises(ValueError, match="expected a"):
+        layer.weight_loader(layer.weight, torch.zeros(16, 64), "a")
+    with pytest.raises(ValueError, match="block"):
+        layer.weight_loader(layer.weight_scale_inv, torch.ones(1, 2), "b")  # shard b starts at row 16
+    with pytest.raises(ValueError, match="shape"):
+        layer.weight_loader(layer.weight, torch.zeros(8, 64, dtype=FP8_DTYPE), "a")
+
+
+class _Config:
+    def __init__(self, quantization_config=None):
+        if quantization_config is not None:
+            self.quantization_config = quantization_config
+
+
+def test_resolve_quantization():
+    fp8_ckpt = _Config({"quant_method": "fp8", "weight_block_size": [128, 128], "modules_to_not_convert": ["lm_head"]})
+    plan = resolve_quantization(fp8_ckpt, None)
+    assert plan.from_checkpoint and plan.config == Fp8Config((128, 128), ("lm_head",))
+    assert not resolve_quantization(fp8_ckpt, None, load_format="dummy").from_checkpoint  # drawn, then quantized
+    assert resolve_quantization(_Config(), None) is None
+    assert resolve_quantization(_Config(), "fp8") == resolve_quantization(_Config(), Fp8Config())
+    with pytest.raises(ValueError, match="unsupported quantization"):
+        resolve_quantization(_Config(), "awq")
+    with pytest.raises(ValueError, match="'gptq' is not supported"):
+        resolve_quantization(_Config({"quant_method": "gptq"}), None)
+    with pytest.raises(ValueError, match="per-tensor"):
+        resolve_quantization(_Config({"quant_method": "fp8"}), None)
+
+
+def test_ignored_modules_stay_in_high_precision(tiny_ckpt):
+    model, _ = load_model(
+        tiny_ckpt("deepseek_v3"), dtype=torch.float32, quantization=Fp8Config(BLOCK, ("model.layers.0",))
+    )
+    assert isinstance(model.model.layers[0].self_attn.kv_b_proj, Linear)
+    assert isinstance(model.model.layers[1].self_attn.kv_b_proj, Fp8Linear)
+
+
+@pytest.mark.gpu
+def test_fp8_layers_on_cuda_match_their_torch_path():
+    from lmlang.runtime.layers.moe import FusedMoE
+    from lmlang.runtime.quantization.fp8_moe import ref_fp8_experts
+
+    gen = torch.Generator().manual_seed(0)
+    linear = Linear(512, 384)
+    experts = FusedMoE(8, 256, 384)
+    with torch.no_grad():
+        for p in (linear.weight, experts.w13_weight, experts.w2_weight):
+            p.copy_(torch.randn(p.shape, generator=gen) * p.shape[-1] ** -0.5)
+    x = torch.randn(33, 512, generator=gen)
+    layer = Fp8Linear.quantize(linear, (128, 128))
+    cuda_layer = Fp8Linear.quantize(linear.cuda(), (128, 128))
+    expected = layer(x)
+    torch.testing.assert_close(cuda_layer(x.cuda()).cpu(), expected, atol=2e-2 * expected.abs().max().item(), rtol=0)
+    moe = Fp8FusedMoE.quantize(experts, (128, 128))
+    hidden, weights = torch.randn(17, 256, generator=gen), torch.rand(17, 2, generator=gen)
+    ids = torch.stack([torch.randperm(8, generator=gen)[:2] for _ in range(17)])
+    expected = ref_fp8_experts(hidden, moe.w13_weight, moe.w13_weight_scale_inv, moe.w2_weight,
+                               moe.w2_weight_scale_inv, weights, ids, moe.block)
+    got = moe.cuda()(hidden.cuda(), weights.cuda(), ids.cuda()).cpu()
+    torch.testing.assert_close(got, expected, atol=2e-2 * expected.abs().max().item(), rtol=0)
