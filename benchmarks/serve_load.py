@@ -64,8 +64,9 @@ class LoadReport:
             e2e = sorted(r.e2e_s for r in ok)
             ttft = sorted(r.ttft_s for r in ok)
             tokens = sum(r.tokens for r in ok)
-            lines.append(f"e2e latency   p50 {percentile(e2e, 50) * 1e3:8.1f} ms   p99 {percentile(e2e, 99) * 1e3:8.1f} ms")
-            lines.append(f"first token   p50 {percentile(ttft, 50) * 1e3:8.1f} ms   p99 {percentile(ttft, 99) * 1e3:8.1f} ms")
+            for label, values in (("e2e latency", e2e), ("first token", ttft)):
+                lines.append(f"{label:<13} p50 {percentile(values, 50) * 1e3:8.1f} ms   "
+                             f"p99 {percentile(values, 99) * 1e3:8.1f} ms")
             lines.append(f"throughput    {tokens / self.wall_s:8.1f} generated tokens/s "
                          f"({statistics.mean(r.tokens for r in ok):.1f} tokens per request)")
         stats = self.idle_stats

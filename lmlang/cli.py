@@ -14,7 +14,7 @@ import json
 import os
 import runpy
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from lmlang.cli_options import add_engine_options, engine_kwargs, load_engine
 
@@ -169,12 +169,14 @@ def _serve(args: argparse.Namespace) -> int:
         announce(model)
     engine = load_engine(model, engine_kwargs(args))
     serve(engine, host=args.host, port=args.port, api_key=args.api_key, served_model_name=args.served_model_name,
-          max_body_bytes=args.max_body_bytes, log_level=args.log_level, configure_app=_mount_program_route(engine))
+          max_body_bytes=args.max_body_bytes, log_level=args.log_level,
+          configure_app=program_route_mounter(engine))
     return 0
 
 
-def _mount_program_route(engine: Any) -> Any:
-    """`POST /program` comes from the language package (the runtime never imports it)."""
+def program_route_mounter(engine: Any) -> Optional[Callable[[Any], None]]:
+    """A `configure_app` hook mounting `POST /program` for `engine`, from the language package
+    (the runtime never imports the language); None if the language does not provide it."""
     try:
         from lmlang.program_route import mount_program_route
     except ImportError:

@@ -12,11 +12,11 @@ SERVED_NAME = "default"
 @functools.lru_cache(maxsize=None)
 def embedded_server():
     """The started `BackgroundServer` (`.url`) serving the embedded default engine."""
+    from lmlang.cli import program_route_mounter
     from lmlang.default_backend import get_embedded_default_engine
-    from lmlang.program_route import mount_program_route
     from lmlang.runtime.server.launch import BackgroundServer
 
     runtime_engine = get_embedded_default_engine().engine
     server = BackgroundServer(runtime_engine, served_model_name=SERVED_NAME,
-                              configure_app=lambda app: mount_program_route(app, runtime_engine))
+                              configure_app=program_route_mounter(runtime_engine))
     return server.start()
