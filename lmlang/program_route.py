@@ -12,8 +12,8 @@ program or request is a 400 naming the problem; a program that fails while runni
 too (its error is the program's), unless the engine itself failed (500/503).
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: FastAPI reads the handler's `Request` annotation
+# at definition time, and `Request` is imported lazily inside `mount_program_route`.
 import json
 from typing import Any
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any, Optional
 
 from lmlang.runtime.protocol import SamplingParams
@@ -82,7 +83,10 @@ def merge(base: SamplingParams, *layers: Optional[dict]) -> SamplingParams:
     for layer in layers:
         if layer:
             params = dataclasses.replace(params, **{k: list(v) if isinstance(v, tuple) else v for k, v in layer.items()})
-    params.validate()
+    try:
+        params.validate()
+    except ValueError as e:
+        raise ValueError(_gen_names(str(e))) from None
     return params
 
 
@@ -118,26 +122,17 @@ def _schema_string(value: Any) -> str:
 
 
 def _validate_regex(pattern: str) -> None:
-    try:
-        from lmlang.grammar import validate_regex
-    except (ImportError, AttributeError):  # the grammar package may be absent in a frontend-only install
-        import re
+    from lmlang.grammar import validate_regex
 
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise ValueError(f"invalid regex {pattern!r}: {e}") from None
-        return
     try:
         validate_regex(pattern)
     except ValueError as e:
         raise ValueError(f"invalid regex {pattern!r}: {e}") from None
 
 
-_SAMPLING_TO_GEN = {v: k for k, v in GEN_TO_SAMPLING.items()}
-
-
 def _gen_names(message: str) -> str:
-    """Rewrites a `SamplingParams` validation message to name `gen`'s keyword."""
-    head, _, rest = message.partition(" ")
-    return f"{_SAMPLING_TO_GEN.get(head, head)} {rest}" if rest else message
+    """Rewrites a `SamplingParams` validation message to use `gen`'s keyword names."""
+    for keyword, field in GEN_TO_SAMPLING.items():
+        if keyword != field:
+            message = re.sub(rf"\b{field}\b", keyword, message)
+    return message
