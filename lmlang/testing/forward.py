@@ -5,8 +5,8 @@
     logits = driver.forward({0: [tok], 2: [tok]})          # decode (every sequence one token past its prefix)
 
 Each sequence owns `max_seq_len` fixed, shuffled KV slots; the pool is the one the model's
-`kv_cache_spec()` asks for (MHA, or e.g. MLA's latent pool through the spec's `make_pool`), and
-attention layers that use a backend get the torch reference backend. For tests of models and
+`kv_cache_spec()` asks for (MHA, or e.g. MLA's latent pool through the spec's `make_pool`), with
+the attention backend the spec names (`attention_backend`), else the torch reference backend. For tests of models and
 layers; imports torch and the runtime when used.
 """
 
@@ -34,7 +34,7 @@ class ForwardDriver:
                 num_slots, spec.num_layers, spec.num_kv_heads, spec.head_dim, dtype, self.device, spec.v_head_dim
             )
         self.model = model
-        self.backend = create_backend("torch")
+        self.backend = create_backend(getattr(spec, "attention_backend", "torch"), device=self.device)
         slots = torch.randperm(num_slots, generator=torch.Generator().manual_seed(0)) + 1  # slots 1..num_slots
         self.slot_table = slots.view(num_seqs, max_seq_len).to(self.device)
         self.lens = [0] * num_seqs

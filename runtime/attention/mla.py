@@ -14,8 +14,9 @@ rope key `kr_j` (rope dim P), shared by all heads. `kv_b_proj` maps `c_j` to per
 
 Both take the ragged batch layout of `ForwardBatch` (`qo_indptr`, `kv_indptr` / `kv_indices`,
 causal offset by each sequence's prefix, and `custom_mask` where given). The new tokens' rows
-must already be in the pool. On CUDA, a pure decode batch runs `lmlang.kernels.mla_decode`;
-everything else runs the torch code here.
+must already be in the pool. On CUDA, a pure decode batch runs `lmlang.kernels.mla_decode` over
+the layout the 'mla' backend planned (CUDA-graph safe, see `mla_backend.py`); everything else
+runs the torch code here (eager only: it loops over sequences on the host).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from lmlang.runtime.attention.mla_backend import kv_layout
 from lmlang.runtime.forward_batch import ForwardBatch
 
 
@@ -85,7 +87,8 @@ def mla_absorbed(
     if q_latent.is_cuda and batch.mode.is_decode and batch.custom_mask is None:
         from lmlang.kernels.mla_decode import mla_decode
 
-        return mla_decode(q_latent, q_rope, kv_buffer, batch.kv_indptr, batch.kv_indices, scaling)
+        kv_indptr, kv_indices = kv_layout(batch)  # static buffers when replayed from a CUDA graph
+        return mla_decode(q_latent, q_rope, kv_buffer, kv_indptr, kv_indices, scaling)
     rank = q_latent.shape[2]
     out = torch.empty_like(q_latent)
     for qo, n_new, kv_start, seq_len, mask in _sequences(batch):

@@ -23,11 +23,14 @@ class MLAKVCacheSpec:
     The runner calls `make_pool` instead of building an MHA pool. `num_kv_heads`, `head_dim`
     and `v_head_dim` describe the same row in MHA terms (one shared "head" whose key is the
     whole row and whose value is its latent part) for code that only sizes memory.
+    `attention_backend` names the backend such models want ('mla': plans the layout MLA layers
+    read, CUDA-graph safe).
     """
 
     num_layers: int
     kv_lora_rank: int
     qk_rope_head_dim: int
+    attention_backend = "mla"
 
     @property
     def num_kv_heads(self) -> int:

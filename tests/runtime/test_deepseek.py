@@ -101,3 +101,38 @@ def test_unsupported_v2_topk_method_is_rejected(tiny_ckpt):
     config.topk_method = "noaux_tc"
     with pytest.raises(ValueError, match="topk_method"):
         DeepseekV2ForCausalLM.routing_config(config)
+
+
+@pytest.mark.gpu
+def test_absorbed_decode_on_cuda_uses_the_kernel_and_matches_the_torch_path(tiny_ckpt):
+    model, config = load_model(tiny_ckpt("deepseek_v3"), dtype=torch.bfloat16, device="cuda")
+    driver = ForwardDriver(model, num_seqs=3)
+    driver.forward({0: list(range(10, 300)), 1: [7, 8, 9], 2: list(range(100, 117))})
+    attn = model.model.layers[1].self_attn
+    batch = driver.batch({0: [5], 1: [6], 2: [7]})
+    hidden = torch.randn(3, config.hidden_size, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        expanded = attn(batch.positions, hidden, batch, absorbed=False).float()
+        absorbed = attn(batch.positions, hidden, batch, absorbed=True).float()
+    assert _relative_error(absorbed, expanded) < 2e-2
+
+
+def test_mla_backend_serves_a_static_kv_layout_for_cuda_graphs(v3_model):
+    from lmlang.runtime.attention.mla_backend import MLAAttentionBackend, kv_layout
+
+    driver = ForwardDriver(v3_model, num_seqs=2)
+    assert isinstance(driver.backend, MLAAttentionBackend)  # the backend the MLA spec asks for
+    driver.forward({0: [1, 2, 3], 1: [4, 5]})
+    batch = driver.batch({0: [6], 1: [7]})  # eager plan: the batch's own layout
+    assert kv_layout(batch)[0] is batch.kv_indptr
+    driver.backend.init_cuda_graph(max_batch_size=4, max_kv_indices=16)
+    driver.backend.plan_cuda_graph(batch)
+    indptr, indices = kv_layout(batch)
+    assert torch.equal(indptr, batch.kv_indptr) and torch.equal(indices[:7], batch.kv_indices)
+    driver.advance({0: [6], 1: [7]})
+    replay = driver.batch({0: [8], 1: [9]})
+    driver.backend.plan_cuda_graph(replay)  # a replay refills the same storage
+    assert kv_layout(replay)[0].data_ptr() == indptr.data_ptr() and torch.equal(kv_layout(replay)[0], replay.kv_indptr)
+    driver.advance({0: [8], 1: [9]})
+    with pytest.raises(ValueError, match="capacity"):
+        driver.backend.plan_cuda_graph(driver.batch({0: list(range(20))}))

@@ -145,3 +145,19 @@ def test_greedy_tokens_match_transformers(tiny_ckpt, kv_accounting, arch):
         for res, ref, prompt in zip(results, reference, prompts):
             assert res["output_ids"] == ref, f"prompt of {len(prompt)} tokens diverged"
         assert kv_accounting(engine)["kv_in_use"] == 0
+
+
+@pytest.mark.gpu
+def test_experts_on_cuda_match_the_torch_path():
+    from lmlang.runtime.layers.moe import ref_experts
+
+    gen = torch.Generator().manual_seed(3)
+    experts = FusedMoE(EXPERTS, 256, 128)
+    with torch.no_grad():
+        for p in (experts.w13_weight, experts.w2_weight):
+            p.copy_(torch.randn(p.shape, generator=gen) * p.shape[-1] ** -0.5)
+    hidden, weights = torch.randn(40, 256, generator=gen), torch.rand(40, TOP_K, generator=gen)
+    ids = torch.stack([torch.randperm(EXPERTS, generator=gen)[:TOP_K] for _ in range(40)])
+    expected = ref_experts(hidden, experts.w13_weight, experts.w2_weight, weights, ids)
+    got = experts.to("cuda", torch.bfloat16)(hidden.cuda().bfloat16(), weights.cuda(), ids.cuda()).float().cpu()
+    assert ((got - expected).norm() / expected.norm()) < 2e-2
