@@ -62,10 +62,14 @@ class ByteNFA:
     edges: list[list[tuple[int, int, int]]] = field(default_factory=list)  # state -> (lo, hi, target)
     eps: list[list[int]] = field(default_factory=list)
     max_states: int = 1_000_000
+    deadline: float = float("inf")  # time.monotonic() limit for building
 
     def new_state(self) -> int:
-        if len(self.edges) >= self.max_states:
+        n = len(self.edges)
+        if n >= self.max_states:
             raise GrammarError(f"pattern too large: its automaton exceeds {self.max_states} NFA states")
+        if n & 0xFFF == 0 and time.monotonic() > self.deadline:
+            raise GrammarError("pattern too large: building its automaton ran past the time budget")
         self.edges.append([])
         self.eps.append([])
         return len(self.edges) - 1
@@ -88,13 +92,12 @@ def _byte_classes(nfa: ByteNFA) -> np.ndarray:
     return np.cumsum(cuts[:256]).astype(np.int64) - 1
 
 
-def determinize(nfa: ByteNFA, start: int, final: int, max_states: int, timeout_s: float, what: str) -> ByteDFA:
-    """Subset construction, then minimization and trimming.
+def determinize(nfa: ByteNFA, start: int, final: int, max_states: int, deadline: float, what: str) -> ByteDFA:
+    """Subset construction, then trimming and minimization.
 
-    Raises GrammarError if the DFA would exceed `max_states` states or take over `timeout_s`.
-    `what` names the pattern in error messages.
+    Raises GrammarError if the DFA would exceed `max_states` states or the work runs past
+    `deadline` (a time.monotonic() value). `what` names the pattern in error messages.
     """
-    deadline = time.monotonic() + timeout_s
     cls = _byte_classes(nfa)
     num_classes = int(cls.max()) + 1
     # per NFA state: class -> targets (classes partition every edge's byte range exactly)
@@ -133,7 +136,7 @@ def determinize(nfa: ByteNFA, start: int, final: int, max_states: int, timeout_s
     i = 0
     while i < len(order):
         if time.monotonic() > deadline:
-            raise GrammarError(f"{what} is too complex: building its automaton took over {timeout_s:g}s")
+            raise GrammarError(f"{what} is too complex: building its automaton ran past the time budget")
         current = order[i]
         i += 1
         targets: dict[int, set[int]] = {}

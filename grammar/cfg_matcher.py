@@ -64,7 +64,6 @@ class CompiledCFG(CompiledGrammar):
         self._lexers: dict[frozenset[int], Lexer] = {}
         self._forest_ids: dict[bytes, int] = {b"": FULL_FOREST}
         self._forest_roots: list[np.ndarray | None] = [None]
-        self._forest_orders: dict[int, Any] = {}
         self._walks: dict[tuple[int, int, int], tuple[np.ndarray, tuple[tuple[int, int], ...]]] = {}
         self._lock = threading.Lock()
 
@@ -117,7 +116,8 @@ class CompiledCFG(CompiledGrammar):
         if hit is not None:
             return hit
         trie = self._info.trie
-        result = trie.walk(self._forest_order(forest), lexer.table, lexer.byte_class, state, lexer.accept_group)
+        first = None if forest == FULL_FOREST else self._forest_roots[forest]
+        result = trie.walk(first, lexer.table, lexer.byte_class, state, lexer.accept_group)
         result.allowed.flags.writeable = False
         branches = []
         for group in np.unique(result.boundary_groups).tolist():
@@ -137,15 +137,6 @@ class CompiledCFG(CompiledGrammar):
                     self._forest_roots.append(roots)
                     fid = self._forest_ids[key] = len(self._forest_roots) - 1
         return fid
-
-    def _forest_order(self, forest: int):
-        trie = self._info.trie
-        if forest == FULL_FOREST:
-            return trie.full_forest
-        order = self._forest_orders.get(forest)
-        if order is None:
-            order = self._forest_orders[forest] = trie.forest_order(self._forest_roots[forest])
-        return order
 
     # ---- parse-dependent --------------------------------------------------------------
 

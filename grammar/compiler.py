@@ -89,7 +89,8 @@ def compile_grammar(
 
 
 def canonical_schema(schema: dict | str) -> str:
-    """A JSON schema as canonical JSON text (sorted keys, no spaces): the cache key."""
+    """A JSON schema as compact JSON text: the cache key. Key order is kept, because property
+    order decides the order in which an object's properties are generated."""
     if isinstance(schema, str):
         try:
             schema = json.loads(schema)
@@ -97,7 +98,7 @@ def canonical_schema(schema: dict | str) -> str:
             raise GrammarError(f"JSON schema is not valid JSON: {e}") from None
     if not isinstance(schema, (dict, bool)):
         raise GrammarError(f"a JSON schema must be an object or a boolean, got {type(schema).__name__}")
-    return json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
 
 
 class GrammarCompiler:
@@ -144,19 +145,21 @@ class GrammarCompiler:
             self._cache.clear()
 
     def _build_json_schema(self, key: tuple) -> CompiledGrammar:
+        from .cfg import load_cfg
+        from .cfg_matcher import CompiledCFG
         from .json_schema import json_schema_to_grammar
+        from .regex_dfa import regex_to_dfa
+        from .regex_matcher import CompiledRegex
 
-        _, schema_text, whitespace_pattern = key
+        _, schema_text, whitespace_pattern, _options = key
         target_kind, target = json_schema_to_grammar(json.loads(schema_text), whitespace_pattern=whitespace_pattern)
+        info = self.tokenizer_info
         if target_kind == "regex":
-            compiled = compile_regex(target, self.tokenizer_info, self.options)
-        elif target_kind == "lark":
-            compiled = compile_grammar(target, self.tokenizer_info, "start", self.options)
-        else:
-            raise GrammarError(f"json_schema_to_grammar returned unknown kind {target_kind!r}")
-        compiled.kind = "json_schema"
-        compiled.source = schema_text
-        return compiled
+            return CompiledRegex(regex_to_dfa(target, self.options), info, kind="json_schema", source=schema_text)
+        if target_kind == "lark":
+            cfg = load_cfg(target, "start", self.options)
+            return CompiledCFG(cfg, info, kind="json_schema", source=schema_text, options=self.options)
+        raise GrammarError(f"json_schema_to_grammar returned unknown kind {target_kind!r}")
 
     def _cached(self, key: tuple, build) -> CompiledGrammar:
         key = key + (self.options,)

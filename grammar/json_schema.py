@@ -65,19 +65,25 @@ def json_schema_to_grammar(schema: dict | str | bool | type, whitespace_pattern:
     keyword and its JSON path), malformed schemas, unsatisfiable schemas and whitespace patterns
     that can match anything but JSON whitespace.
     """
+    grammar = json_schema_to_ir(schema, whitespace_pattern)
+    if not grammar.is_recursive() and grammar.regex_size() <= REGEX_SIZE_LIMIT:
+        return "regex", grammar.to_regex()
+    return "lark", grammar.to_lark()
+
+
+def json_schema_to_ir(schema: dict | str | bool | type, whitespace_pattern: str | None = None) -> Grammar:
+    """The grammar IR behind `json_schema_to_grammar` (same arguments and errors), for tools
+    that walk the language directly, e.g. samplers in tests and benchmarks."""
     schema = _load(schema)
     ws = _whitespace(whitespace_pattern)
     doc = SchemaDocument(schema)
     builder = _Builder(doc, ws)
-    root = builder.gen(Located(schema, doc.root_base, "#"))
-    grammar = Grammar(root, builder.rules)
+    grammar = Grammar(builder.gen(Located(schema, doc.root_base, "#")), builder.rules)
     grammar.prune()
     if grammar.root is None:
         reason = builder.unsat_reasons[0] if builder.unsat_reasons else "no value satisfies it"
         raise GrammarError(f"the schema is unsatisfiable: {reason}")
-    if not grammar.is_recursive() and grammar.regex_size() <= REGEX_SIZE_LIMIT:
-        return "regex", grammar.to_regex()
-    return "lark", grammar.to_lark()
+    return grammar
 
 
 def _load(schema: Any) -> Any:

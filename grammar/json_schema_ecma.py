@@ -262,24 +262,67 @@ def _has_anchor(node: tuple) -> bool:
     return node[0] in ("seq", "alt") and any(_has_anchor(n) for n in node[1])
 
 
-def _fit_length(items: list, min_length: int, max_length: int | None) -> list | None:
-    """Items of one alternative restricted to total lengths in range (None: no string fits)."""
+_ANY_STAR = ("rep", ("set", UNIVERSE, UNIVERSE), 0, None)
+# Most alternatives one length split may expand to (two variable parts under a length limit).
+_MAX_SPLITS = 256
+
+
+def _absorb(items: list) -> list:
+    """Simplify next to ANY*: `X{a,b} ANY*` is `X{a} ANY*` (X's extra repeats are ANY's)."""
+    out: list = []
+    for item in items:
+        if item == _ANY_STAR and out and out[-1] == _ANY_STAR:
+            continue
+        out.append(item)
+    for k, item in enumerate(out):
+        near_any = (k > 0 and out[k - 1] == _ANY_STAR) or (k + 1 < len(out) and out[k + 1] == _ANY_STAR)
+        if near_any and item != _ANY_STAR and item[0] == "rep" and item[1][0] == "set":
+            out[k] = ("rep", item[1], item[2], item[2])
+    return [item for item in out if not (item[0] == "rep" and item[3] == 0)]
+
+
+def _fit_length(items: list, min_length: int, max_length: int | None) -> list[list]:
+    """Item lists (alternatives) for one alternative restricted to total lengths in range."""
     mn, mx = _lengths(("seq", items))
     if max_length is not None and mn > max_length or mx is not None and mx < min_length:
-        return None
+        return []
     if mn >= min_length and (max_length is None or (mx is not None and mx <= max_length)):
-        return items
+        return [items]
     variable = [k for k, item in enumerate(items) if _lengths(item)[0] != _lengths(item)[1]]
-    k = variable[0] if len(variable) == 1 else None
-    if k is None or items[k][0] != "rep" or _lengths(items[k][1]) != (1, 1):
+    if len(variable) > 2 or any(items[k][0] != "rep" or _lengths(items[k][1]) != (1, 1) for k in variable):
         raise PatternError("minLength/maxLength with a pattern whose length they cannot be folded into")
-    _, inner, lo, hi = items[k]
-    fixed = mn - lo
-    new_lo = max(lo, min_length - fixed)
-    new_hi = hi if max_length is None else (max_length - fixed if hi is None else min(hi, max_length - fixed))
-    if new_hi is not None and new_lo > new_hi:
-        return None
-    return items[:k] + [("rep", inner, new_lo, new_hi)] + items[k + 1 :]
+    fixed = mn - sum(items[k][2] for k in variable)
+    lo_total, hi_total = min_length - fixed, None if max_length is None else max_length - fixed
+    if len(variable) == 1:
+        (k,) = variable
+        counts = [(max(items[k][2], lo_total), _min_none(items[k][3], hi_total))]
+        return [_with_counts(items, variable, [c]) for c in counts if c[1] is None or c[0] <= c[1]]
+    i, j = variable
+    (a1, b1), (a2, b2) = items[i][2:], items[j][2:]
+    last = hi_total - a2 if hi_total is not None else max(a1, lo_total - a2)
+    if b1 is not None:
+        last = min(last, b1)
+    if last - a1 > _MAX_SPLITS:
+        raise PatternError("minLength/maxLength with a pattern of two open-ended parts over a long range")
+    out = []
+    for c1 in range(a1, last + 1):
+        open_end = hi_total is None and c1 == last
+        first = (c1, b1) if open_end else (c1, c1)
+        second = (max(a2, lo_total - c1), _min_none(b2, None if hi_total is None else hi_total - c1))
+        if second[1] is None or second[0] <= second[1]:
+            out.append(_with_counts(items, variable, [first, second]))
+    return out
+
+
+def _min_none(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _with_counts(items: list, positions: list[int], counts: list[tuple]) -> list:
+    out = list(items)
+    for k, (lo, hi) in zip(positions, counts):
+        out[k] = ("rep", items[k][1], lo, hi)
+    return out
 
 
 def _to_ir(node: tuple) -> Node | None:
@@ -299,7 +342,6 @@ def pattern_regex(pattern: str, min_length: int = 0, max_length: int | None = No
     """Regex for string bodies (between the quotes) that `pattern` matches (as a search) and whose
     length is in [min_length, max_length]; None when no string qualifies. Raises PatternError."""
     tree = _Parser(pattern).parse()
-    any_star = ("rep", ("set", UNIVERSE, UNIVERSE), 0, None)
     alternatives = []
     for option in tree[1]:
         items = list(option[1])
@@ -311,13 +353,8 @@ def pattern_regex(pattern: str, min_length: int = 0, max_length: int | None = No
             items.pop()
         if any(_has_anchor(item) for item in items):
             raise PatternError("'^' or '$' inside the pattern (only at the ends of an alternative)")
-        if not start:
-            items.insert(0, any_star)
-        if not end and not (items and items[-1] == any_star):
-            items.append(any_star)
-        fitted = _fit_length(items, min_length, max_length)
-        if fitted is not None:
-            alternatives.append(("seq", fitted))
+        items = _absorb(([] if start else [_ANY_STAR]) + items + ([] if end else [_ANY_STAR]))
+        alternatives += [("seq", fitted) for fitted in _fit_length(items, min_length, max_length)]
     node = _to_ir(("alt", alternatives))
     if node is None:
         return None

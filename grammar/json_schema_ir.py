@@ -291,7 +291,18 @@ def _regex(node: Node, ctx: str, rules: dict, memo: dict) -> str:
 
 
 def _lark_terminal(regex: str) -> str:
-    return "/" + regex.replace("/", "\\/") + "/"
+    """`/regex/` for lark: `/` escaped, and `"` written as \\x22 (lark's loader rewrites `\\"`)."""
+    out, i = [], 0
+    while i < len(regex):
+        ch = regex[i]
+        if ch == "\\":
+            nxt = regex[i + 1]
+            out.append("\\x22" if nxt == '"' else "\\/" if nxt == "/" else "\\" + nxt)
+            i += 2
+            continue
+        out.append({"/": "\\/", '"': "\\x22"}.get(ch, ch))
+        i += 1
+    return "/" + "".join(out) + "/"
 
 
 def _lark(node: Node, rules: dict) -> tuple[str, bool]:

@@ -9,6 +9,7 @@ UTF-8 byte-range chains (grammar/utf8.py), then determinized under the budgets o
 from __future__ import annotations
 
 import re
+import time
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -52,11 +53,15 @@ def literal_to_dfa(text: str) -> ByteDFA:
 
 @lru_cache(maxsize=1024)
 def _regex_to_dfa_cached(pattern: str, max_states: int, timeout_s: float) -> ByteDFA:
+    deadline = time.monotonic() + timeout_s
     tree = parse_regex(pattern)
-    nfa = ByteNFA(max_states=MAX_NFA_STATES)
+    nfa = ByteNFA(max_states=MAX_NFA_STATES, deadline=deadline)
     builder = _NFABuilder(nfa)
-    start, final = builder.fragment(tree, ip.REFlags(0))
-    return determinize(nfa, start, final, max_states, timeout_s, what=f"regex {_short(pattern)}")
+    try:
+        start, final = builder.fragment(tree, ip.REFlags(0))
+    except RecursionError:
+        raise GrammarError(f"regex {_short(pattern)} is nested too deeply") from None
+    return determinize(nfa, start, final, max_states, deadline, what=f"regex {_short(pattern)}")
 
 
 def parse_regex(pattern: str) -> "ip.Pattern":
