@@ -69,9 +69,12 @@ class ProgramState:
     def get_var(self, name: str) -> Any:
         return self._handle.get(name)
 
-    def get_meta_info(self, name: str) -> Any:
+    def get_meta_info(self, name: Optional[str] = None) -> Any:
         """The backend's meta info for gen `name` (prompt/completion/cached tokens, finish
-        reason, logprobs when asked); for a select, the per-choice scores; after a join, a list."""
+        reason, logprobs when asked); for a select, the per-choice scores; after a join, a list.
+        Without a name: every variable's meta info, as a dict."""
+        if name is None:
+            return dict(self._handle.state().meta_info)
         return self._handle.meta_info(name)
 
     def text(self) -> str:

@@ -89,22 +89,20 @@ class TokenBackend(Backend):
         for choice, ids, k in zip(request.choices, full, shared):
             if k >= len(ids):
                 raise ValueError(f"select choice {choice!r} adds no tokens to the prompt")
-        start = min(shared)
-        if start == 0:
+        if min(shared) == 0:
             raise ValueError("select needs text before it (the first token of a prompt has no logprob)")
+        # one submission: every choice scored from where it leaves the prefix (and, for methods that
+        # need it, the same tokens after only the start token)
         bare = self.unconditional_prefix() if request.method.needs_unconditional else []
-        prompts, starts = list(full), [start] * len(full)
-        if request.method.needs_unconditional:  # the same tokens after no prompt, in the same submission
+        prompts, starts = list(full), list(shared)
+        if request.method.needs_unconditional:
             prompts += [bare + ids[k:] for ids, k in zip(full, shared)]
             starts += [len(bare)] * len(full)
         outs = await self.generate_ids(prompts, [{"max_new_tokens": 0}] * len(prompts), True, starts, 0)
-        outs = [outs[: len(full)], outs[len(full) :]]
-        token_logprobs = [_scored(out, ids, k, start) for out, ids, k in zip(outs[0], full, shared)]
+        token_logprobs = [_scored(out, ids, k) for out, ids, k in zip(outs, full, shared)]
         unconditional = None
         if request.method.needs_unconditional:
-            unconditional = [
-                _scored(out, bare + ids[k:], len(bare), len(bare)) for out, ids, k in zip(outs[1], full, shared)
-            ]
+            unconditional = [_scored(out, bare + ids[k:], len(bare)) for out, ids, k in zip(outs[len(full) :], full, shared)]
         decision = request.method.decide(
             [[lp for lp, _ in tl] for tl in token_logprobs],
             None if unconditional is None else [[lp for lp, _ in tl] for tl in unconditional],
@@ -117,7 +115,7 @@ class TokenBackend(Backend):
             "input_token_logprobs": token_logprobs,
             "unconditional_token_logprobs": unconditional,
             "prompt_tokens": len(prefix),
-            "cached_tokens": [out.get("meta_info", {}).get("cached_tokens") for out in outs[0]],
+            "cached_tokens": [out.get("meta_info", {}).get("cached_tokens") for out in outs[: len(full)]],
         }
         return SelectResult(decision.index, meta)
 
@@ -130,15 +128,15 @@ def _common_prefix_len(a: list, b: list) -> int:
     return i
 
 
-def _scored(out: dict, ids: list, first: int, start: int) -> list:
-    """`(logprob, token_id)` of tokens `ids[first:]` from a result whose input logprobs start at `start`."""
+def _scored(out: dict, ids: list, start: int) -> list:
+    """`(logprob, token_id)` of tokens `ids[start:]` from a result scored from `start`."""
     entries = out.get("meta_info", {}).get("input_token_logprobs")
     if entries is None or len(entries) != len(ids) - start:
         raise RuntimeError(
             f"the backend returned {None if entries is None else len(entries)} prompt logprobs for a "
             f"{len(ids)}-token prompt scored from {start}; expected {len(ids) - start}"
         )
-    picked = [(float(e[0]), int(e[1])) for e in entries[first - start :]]  # servers may add the token text
-    if [tid for _, tid in picked] != list(ids[first:]):
+    picked = [(float(e[0]), int(e[1])) for e in entries]  # servers may add the token text as e[2]
+    if [tid for _, tid in picked] != list(ids[start:]):
         raise RuntimeError("the backend's prompt logprobs do not match the prompt's tokens")
     return picked

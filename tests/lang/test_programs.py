@@ -217,6 +217,18 @@ def test_min_tokens_is_honoured(backend):
     assert state.get_meta_info("out")["completion_tokens"] >= 10
 
 
+def test_gen_logprobs_in_meta_info(backend):
+    @ll.function
+    def with_logprobs(s):
+        s += "Hello" + ll.gen("x", max_tokens=5, return_logprob=True, top_logprobs_num=2, ignore_eos=True)
+
+    state = with_logprobs.run(backend=backend, temperature=0)
+    meta = state.get_meta_info("x")
+    assert len(meta["output_token_logprobs"]) == meta["completion_tokens"] == 5
+    assert all(len(row) == 2 for row in meta["output_top_logprobs"])
+    assert state.get_meta_info() == {"x": meta}
+
+
 def test_run_batch_of_16_with_progress_bar(backend, capsys):
     questions = [f"What is item number {i}?" for i in range(16)]
     states = few_shot_qa.run_batch([{"question": q} for q in questions], backend=backend, progress_bar=True,
