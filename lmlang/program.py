@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Optional, Union
 
 from lmlang.errors import ProgramStructureError
 from lmlang.ir import Fork, Gen, Join, Node, Select, VarRef, node_from_dict, node_to_dict
+from lmlang.sampling import GEN_TO_SAMPLING
 from lmlang.visitor import ShapeChecker, StreamShape
 
 FORMAT = "lmlang.program"
@@ -179,13 +180,16 @@ class Program:
         return "\n".join(lines)
 
 
+_GEN_NAMES = {field: keyword for keyword, field in GEN_TO_SAMPLING.items()}
+
+
 def _describe(node: Node) -> str:
     name = type(node).__name__
     if name == "Text":
         text = node.value if len(node.value) <= 60 else node.value[:57] + "..."
         return f"Text {text!r}"
     if isinstance(node, Gen):
-        params = " ".join(f"{k}={v!r}" for k, v in node.params)
+        params = " ".join(f"{_GEN_NAMES.get(k, k)}={v!r}" for k, v in node.params)
         dtype = f" -> {node.dtype}" if node.dtype != "str" else ""
         return f"Gen {node.name!r}{dtype} {params}".rstrip()
     if isinstance(node, Select):

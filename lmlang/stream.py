@@ -110,7 +110,7 @@ class RuntimeStream:
             if self.error is not None:
                 raise self.error
             if self._ended:
-                raise RuntimeError(f"stream {self.sid} has ended; nothing more can be appended")
+                raise RuntimeError(f"stream {self.sid} has ended (a fork branch takes no appends after join)")
             for node in nodes:
                 self._submitted += 1
                 for name in _names_set_by(node):
@@ -155,6 +155,9 @@ class RuntimeStream:
                 with self._cond:
                     self._executed += 1
                     self._cond.notify_all()
+        except asyncio.CancelledError:
+            self._fail(RunAborted(f"stream {self.sid} was cancelled"))
+            raise
         except BaseException as e:  # noqa: BLE001 - every failure is kept and re-raised to readers
             self._fail(e)
             if not isinstance(e, Exception):

@@ -206,6 +206,11 @@ def test_streaming_pieces_concatenate_to_the_variable(backend):
     pieces2, streamed = asyncio.run(collect())
     assert "".join(pieces2) == streamed["answer"] == state["answer"]
 
+    compiled = few_shot_qa.compile().run(question="Who are you?", backend=backend, stream=True, temperature=0,
+                                         max_tokens=12)
+    pieces3 = list(compiled.text_iter("answer"))
+    assert "".join(pieces3) == compiled["answer"] == state["answer"] and len(pieces3) >= 2
+
 
 def test_min_tokens_is_honoured(backend):
     @ll.function
