@@ -6,8 +6,9 @@ Endpoints (all JSON unless noted):
 |---|---|
 | `POST /generate` | native, SGLang's request and response fields; `stream` gives SSE |
 | `POST /v1/completions`, `POST /v1/chat/completions` | OpenAI-compatible (SSE when `stream`) |
-| `GET /v1/models` | the served model |
+| `GET /v1/models`, `GET /v1/models/{name}` | the served model |
 | `GET /model_info` | model path, served name, context length, vocab size, chat template, bos/eos |
+| `POST /abort_request` | aborts a request by id (`{"rid": ...}`) |
 | `POST /tokenize`, `POST /detokenize` | the server's tokenizer |
 | `POST /flush_cache` | empties the prefix cache |
 | `GET /health` | 200, or 503 once the engine core died |

@@ -18,7 +18,8 @@ _ITL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 # Paths counted by name; anything else is counted as "other" (keeps label values bounded).
 KNOWN_PATHS = frozenset({
     "/generate", "/v1/completions", "/v1/chat/completions", "/v1/models", "/program", "/health",
-    "/model_info", "/tokenize", "/detokenize", "/flush_cache", "/metrics", "/stats",
+    "/model_info", "/get_model_info", "/tokenize", "/detokenize", "/flush_cache", "/metrics", "/stats",
+    "/abort_request",
 })
 
 

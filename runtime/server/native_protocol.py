@@ -67,3 +67,7 @@ class TokenizeRequest(_Strict):
 class DetokenizeRequest(_Strict):
     input_ids: Union[list[int], list[list[int]]]
     skip_special_tokens: bool = False
+
+
+class AbortRequest(_Strict):
+    rid: str

@@ -1,5 +1,5 @@
-"""Native endpoints: `/generate` (SGLang's shape), `/tokenize`, `/detokenize`, `/model_info`,
-`/health`, `/flush_cache`, `/stats`, `/metrics`."""
+"""Native endpoints: `/generate` (SGLang's shape), `/tokenize`, `/detokenize`, `/model_info`
+(also `/get_model_info`), `/abort_request`, `/health`, `/flush_cache`, `/stats`, `/metrics`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from lmlang.runtime.server.body import json_body
 from lmlang.runtime.server.context import ServerContext, ctx_of
 from lmlang.runtime.server.errors import APIError, error_response
 from lmlang.runtime.server.generation import gather_or_cancel, merge_streams, prompt_over_context, until_disconnected
-from lmlang.runtime.server.native_protocol import DetokenizeRequest, GenerateRequest, TokenizeRequest
+from lmlang.runtime.server.native_protocol import AbortRequest, DetokenizeRequest, GenerateRequest, TokenizeRequest
 from lmlang.runtime.server.sse import event, start_stream
 
 router = APIRouter()
@@ -114,8 +114,18 @@ async def detokenize(request: Request, req: DetokenizeRequest = json_body(Detoke
 
 
 @router.get("/model_info")
+@router.get("/get_model_info")  # SGLang's name for it
 async def model_info(request: Request) -> dict:
     return ctx_of(request).model_info()
+
+
+@router.post("/abort_request")
+async def abort_request(request: Request, req: AbortRequest = json_body(AbortRequest)) -> dict:
+    """Aborts the request with id `rid` (as given in `/generate`'s `rid`, or its `meta_info.id`)."""
+    ctx = ctx_of(request)
+    ctx.client.check_alive()
+    ctx.engine.abort(req.rid)
+    return {"rid": req.rid}
 
 
 @router.get("/health")

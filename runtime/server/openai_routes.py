@@ -31,6 +31,13 @@ async def models(request: Request) -> dict:
     return ctx_of(request).models_list()
 
 
+@router.get("/models/{model:path}")
+async def model(model: str, request: Request) -> dict:
+    ctx = ctx_of(request)
+    ctx.check_model(model)
+    return ctx.models_list()["data"][0]
+
+
 def _expand(ctx: ServerContext, body: SamplingExtensions, prompt: Any, max_new_tokens: Optional[int],
             logprob_opts: dict) -> list:
     """The `n` engine requests for one prompt (a str or token ids), validated."""

@@ -149,3 +149,16 @@ def test_dead_engine_core_gives_503_not_a_hang(tiny_ckpt):
             assert 'lmlang_engine_alive 0.0' in http.get("/metrics").text
     finally:
         engine.shutdown()
+
+
+def test_abort_request_by_rid_ends_the_stream(http, server):
+    body = {"text": "go", "sampling_params": LONG, "stream": True, "rid": "abort-me"}
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        with client.stream("POST", "/generate", json=body) as r:
+            lines = r.iter_lines()
+            assert _first_event(lines)["meta_info"]["id"] == "abort-me"
+            assert http.post("/abort_request", json={"rid": "abort-me"}).json() == {"rid": "abort-me"}
+            events = [json.loads(ln[len("data: "):]) for ln in lines if ln.startswith("data: {")]
+    assert events[-1]["meta_info"]["finish_reason"]["type"] == "abort"
+    assert events[-1]["meta_info"]["completion_tokens"] < LONG["max_new_tokens"]
+    wait_idle(http)

@@ -103,6 +103,7 @@ def test_model_info_has_what_remote_programs_need(http, server_engine):
     assert info["chat_template"] == tok.chat_template
     assert (info["bos_token"], info["eos_token"]) == (tok.bos_token, tok.eos_token)
     assert info["eos_token_id"] == tok.eos_token_id
+    assert http.get("/get_model_info").json() == info  # SGLang's name
 
 
 def test_health(http):

@@ -25,6 +25,7 @@ def _chat_prompt_len(engine, messages):
 
 def test_models_lists_the_served_name(client):
     assert [m.id for m in client.models.list()] == ["tiny"]
+    assert client.models.retrieve("tiny").id == "tiny"
 
 
 def test_completion_matches_native_generate(client, http):
