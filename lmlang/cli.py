@@ -16,7 +16,7 @@ import runpy
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-from lmlang.cli_options import add_engine_options, engine_kwargs, load_engine
+from lmlang.cli_options import add_engine_options, engine_kwargs, load_engine, loading
 
 _DESCRIPTION = """\
 lmlang: a structured-generation language for LLMs, embedded in Python, with its own runtime.
@@ -150,7 +150,8 @@ def _run(args: argparse.Namespace, program_args: list) -> int:
 
 def _backend(args: argparse.Namespace, ll: Any) -> Any:
     if args.model:
-        return ll.Engine(args.model, **engine_kwargs(args))
+        with loading(args.model):
+            return ll.Engine(args.model, **engine_kwargs(args))
     if args.endpoint:
         return ll.RuntimeEndpoint(args.endpoint, api_key=args.api_key)
     if args.openai:

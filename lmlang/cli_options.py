@@ -7,11 +7,12 @@ given on the command line is not passed, so the engine's own default applies.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 # (flag, EngineConfig field, type, help); choices come from the runtime's config constants
 _OPTIONS = (
@@ -63,20 +64,25 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
 
 def load_engine(model_path: str, kwargs: dict) -> Any:
     """`lmlang.runtime.Engine(model_path, **kwargs)`, showing what loads and for how long."""
+    from lmlang.runtime import Engine
+
+    with loading(model_path):
+        return Engine(model_path, **kwargs)
+
+
+@contextlib.contextmanager
+def loading(model_path: str) -> Iterator[None]:
+    """Says what is being loaded, shows the elapsed time on a terminal, then how long it took."""
     if not os.path.isdir(model_path):
         raise FileNotFoundError(f"no such model directory: {model_path} (give a Hugging Face checkpoint directory)")
     files = sorted(f for f in os.listdir(model_path) if f.endswith(".safetensors"))
     size = sum(os.path.getsize(os.path.join(model_path, f)) for f in files)
     print(f"lmlang: loading {model_path} ({len(files)} weight file(s), {size / 2**20:.1f} MiB)", file=sys.stderr,
           flush=True)
-    from lmlang.runtime import Engine
-
     start = time.perf_counter()
     with _Spinner(f"loading {os.path.basename(model_path.rstrip(os.sep)) or model_path}"):
-        engine = Engine(model_path, **kwargs)
-    print(f"lmlang: model ready in {time.perf_counter() - start:.1f}s (context length {engine.context_length})",
-          file=sys.stderr, flush=True)
-    return engine
+        yield
+    print(f"lmlang: model ready in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
 
 
 class _Spinner:

@@ -54,6 +54,17 @@ def test_run_sets_the_backend_and_passes_program_arguments(tmp_path, capsys):
     assert ll.get_default_backend() is None  # restored after the run
 
 
+def test_run_with_a_model_path_loads_an_in_process_engine(tmp_path, capsys):
+    from lmlang.default_backend import embedded_default_model_path
+
+    prog = tmp_path / "probe.py"
+    prog.write_text(PROBE)
+    assert main(["run", str(prog), "--model", embedded_default_model_path(), "--max-total-tokens", "1024"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["backend"] == "Engine"
+    assert "loading" in captured.err and "model ready" in captured.err
+
+
 def test_trace_prints_the_dag(capsys):
     target = f"{EXAMPLES / 'tree_of_thought.py'}:tree_of_thought"
     assert main(["trace", target]) == 0
