@@ -50,6 +50,7 @@ class EngineConfig:
     # than free cores make every small op wait on OpenMP barriers
     cpu_threads: Optional[int] = None
     log_level: str = "warning"
+    show_progress: bool = False  # a progress bar over the weight files while the model loads
 
     def __post_init__(self) -> None:
         def need(cond: bool, name: str, what: str) -> None:

@@ -57,7 +57,9 @@ class _Request:
         self.done = False
 
     def absorb(self, out: TokenOut) -> dict:
-        if out.token_ids and self.first_token_at is None:
+        if out.first_token_at is not None:
+            self.first_token_at = out.first_token_at
+        elif out.token_ids and self.first_token_at is None:
             self.first_token_at = time.time()
         self.detok.add(out.token_ids)
         self.meta.update(completion_tokens=out.completion_tokens, cached_tokens=out.cached_tokens,
@@ -73,6 +75,8 @@ class _Request:
             self.done = True
             self.meta["finish_reason"] = finished
             self.meta["e2e_latency"] = time.time() - self.created
+            if self.first_token_at is not None:
+                self.meta["first_token_latency"] = self.first_token_at - self.created
             text = self.detok.final_text(finished.get("matched"))
         else:
             self.meta["finish_reason"] = None
@@ -117,6 +121,7 @@ class Engine:
             [sys.executable, "-m", "lmlang.runtime.engine_core",
              json.dumps(dataclasses.asdict(self.config)), in_addr, out_addr],
         )
+        self.model_path = self.config.model_path
         self.info = self._wait_ready()
         self.context_length: int = self.info["context_length"]
         self.vocab_size: int = self.info["vocab_size"]
@@ -172,6 +177,11 @@ class Engine:
         self._push.close(linger=0)
         self._pull.close(linger=0)
         self._ctx.term()
+
+    @property
+    def core_pid(self) -> int:
+        """Process id of the engine core."""
+        return self._proc.pid
 
     def is_alive(self) -> bool:
         return self._dead is None and not self._closed and self._proc.poll() is None
@@ -314,6 +324,10 @@ class Engine:
 
     def _submit(self, msgs: list, params: list, sinks: list) -> None:
         self._check_alive()
+        rids = [m.rid for m in msgs]
+        duplicates = sorted({r for r in rids if r in self._reqs or rids.count(r) > 1})
+        if duplicates:
+            raise ValueError(f"rid already in use: {', '.join(duplicates)}")
         for m, p, sink in zip(msgs, params, sinks):
             self._reqs[m.rid] = _Request(m.rid, m.input_ids, p, sink, m.stream, self.tokenizer)
         self._send(msgs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import traceback
 from typing import Any
 
@@ -99,6 +100,8 @@ class EngineCore:
 def run_engine_core(cfg: EngineConfig, in_addr: str, out_addr: str) -> None:
     """Process entry point. Exits when it receives ControlReq(op="shutdown")."""
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.WARNING))
+    # Ctrl-C reaches the whole process group; the front end decides when the core stops
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)

@@ -76,6 +76,7 @@ def load_model(
     load_format: str = "auto",
     seed: int = 0,
     quantization: Any = None,
+    show_progress: bool = False,
 ) -> tuple[nn.Module, Any]:
     """Returns `(model, hf_config)`, the model in eval mode on `device`.
 
@@ -96,7 +97,7 @@ def load_model(
     if load_format == "dummy":
         fill_dummy_weights(model, seed)
     else:
-        model.load_weights(iterate_safetensors(model_path))
+        model.load_weights(iterate_safetensors(model_path, show_progress))
     quant.after_loading(model, plan)
     process_weights_after_loading(model)
     return model.eval(), config
@@ -125,11 +126,16 @@ def safetensors_files(model_path: str) -> list[str]:
     raise ValueError(f"no {SINGLE_FILE} or {INDEX_FILE} in {model_path!r} (only safetensors checkpoints load)")
 
 
-def iterate_safetensors(model_path: str) -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_safetensors(model_path: str, show_progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """Yields (checkpoint name, CPU tensor) for every tensor of every safetensors file."""
     from safetensors import safe_open
 
-    for path in safetensors_files(model_path):
+    files = safetensors_files(model_path)
+    if show_progress:
+        from tqdm import tqdm
+
+        files = tqdm(files, desc="loading weights", unit="file")
+    for path in files:
         with safe_open(path, framework="pt", device="cpu") as f:
             for name in f.keys():
                 yield name, f.get_tensor(name)

@@ -200,6 +200,7 @@ class TokenOut:
     input_token_logprobs: Optional[list] = None  # sent once, with the first tokens
     input_top_logprobs: Optional[list] = None
     started_at: Optional[float] = None
+    first_token_at: Optional[float] = None  # wall time the first output token was sampled
 
 
 def to_wire(obj: Any) -> dict:

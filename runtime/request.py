@@ -34,6 +34,7 @@ class Req:
         self.cached_tokens = 0  # prompt tokens served from the prefix cache (first admission)
         self.admitted_once = False
         self.started_at: Optional[float] = None
+        self.first_token_at: Optional[float] = None
         self.created_at = time.time()
         self.row: int = -1  # row in the request-to-slot table while running
         # logprobs

@@ -209,7 +209,8 @@ class Scheduler:
                 break
             if len(self.running) + len(batch) >= self.cfg.max_running_requests:
                 break
-            m = matches[req.rid] if req.rid in matches else self._match(req)
+            # match again: an allocation above may have evicted what the ordering pass matched
+            m = self._match(req)
             if self._shares_uncached_prefix(req, m.length, [c for _, c in batch]):
                 continue  # in-batch prefix sharing: reuse the other request's prefill next round
             need = len(req.fill_ids) - m.length
@@ -381,6 +382,8 @@ class Scheduler:
         out = self.sampler.sample(logits, reqs, bitmask)
         for i, req in enumerate(reqs):
             token = out.token_ids[i]
+            if not req.output_ids:
+                req.first_token_at = time.time()
             req.output_ids.append(token)
             if req.return_logprob:
                 req.new_output_logprobs.append((out.logprobs[i], token))
@@ -444,6 +447,7 @@ class Scheduler:
             cached_tokens=req.cached_tokens,
             completion_tokens=len(req.output_ids),
             started_at=req.started_at,
+            first_token_at=req.first_token_at,
         )
         if req.return_logprob:
             out.output_token_logprobs = req.new_output_logprobs
