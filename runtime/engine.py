@@ -205,6 +205,14 @@ class Engine:
             self._push.send(pack(messages))
 
     def _receive_loop(self) -> None:
+        try:
+            self._receive()
+        except Exception as e:  # never leave callers waiting on a dead receiver
+            logger.exception("engine receiver failed")
+            self._dead = f"engine front end receiver failed: {type(e).__name__}: {e}"
+            self._fail_all(self._dead)
+
+    def _receive(self) -> None:
         while not self._closed:
             try:
                 ready = self._pull.poll(100)
