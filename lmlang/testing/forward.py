@@ -48,6 +48,8 @@ class ForwardDriver:
         seqs = list(new_tokens)
         prefix = [self.lens[i] for i in seqs]
         seq_lens = [p + len(new_tokens[i]) for i, p in zip(seqs, prefix)]
+        if max(seq_lens) > self.slot_table.shape[1]:
+            raise ValueError(f"a sequence would hold {max(seq_lens)} tokens; max_seq_len is {self.slot_table.shape[1]}")
         extend = [s - p for p, s in zip(prefix, seq_lens)]
         decode = all(n == 1 for n in extend) and all(prefix)
 

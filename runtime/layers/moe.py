@@ -94,25 +94,25 @@ def select_experts(
     return weights, ids
 
 
+def _float32_parameter(shape: tuple) -> nn.Parameter:
+    param = nn.Parameter(torch.empty(shape, dtype=torch.float32), requires_grad=False)
+    param.weight_loader = default_weight_loader
+    return param
+
+
 class TopKRouter(nn.Module):
-    """The gate: `weight` [E, hidden] (never quantized), plus DeepSeek-V3's float32
-    `e_score_correction_bias` [E] when the config asks for it."""
+    """The gate: `weight` [E, hidden] (never quantized; float32 when `logits_in_fp32`, as
+    transformers keeps DeepSeek's), plus DeepSeek-V3's float32 `e_score_correction_bias` [E]."""
 
     def __init__(self, hidden_size: int, cfg: RoutingConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.weight = new_parameter((cfg.num_experts, hidden_size))
-        self.e_score_correction_bias = None
-        if cfg.correction_bias:
-            bias = nn.Parameter(torch.empty(cfg.num_experts, dtype=torch.float32), requires_grad=False)
-            bias.weight_loader = default_weight_loader
-            self.e_score_correction_bias = bias
+        shape = (cfg.num_experts, hidden_size)
+        self.weight = _float32_parameter(shape) if cfg.logits_in_fp32 else new_parameter(shape)
+        self.e_score_correction_bias = _float32_parameter((cfg.num_experts,)) if cfg.correction_bias else None
 
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # [n, hidden] -> 2 x [n, top_k]
-        if self.cfg.logits_in_fp32:
-            logits = F.linear(hidden.float(), self.weight.float())
-        else:
-            logits = F.linear(hidden, self.weight)
+        logits = F.linear(hidden.float() if self.cfg.logits_in_fp32 else hidden, self.weight)  # [n, E]
         return select_experts(logits, self.cfg, self.e_score_correction_bias)
 
 

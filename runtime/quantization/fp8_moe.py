@@ -5,7 +5,8 @@ stored as float8_e4m3fn with float32 block scales `w13_weight_scale_inv` [E, cei
 and `w2_weight_scale_inv` [E, ceil(H / bn), ceil(I / bk)], which is how DeepSeek's checkpoints
 store each expert's `weight_scale_inv`. On CUDA, when H and I are whole k blocks, the experts run
 as `fused_experts(..., use_fp8=True)` (activations quantized per 1 x bk group before each grouped
-GEMM); otherwise `ref_fp8_experts`, the same arithmetic in torch.
+GEMM); otherwise `ref_fp8_experts`, the same arithmetic in torch (it syncs with the host, so a
+CUDA graph cannot capture it; the released MoE models all have whole-block widths).
 """
 
 from __future__ import annotations
