@@ -115,6 +115,19 @@ def test_openai_chat_model_runs_a_chat_program(openai_backend, backend):
     assert remote["answer"] == local["answer"]  # the server applies the same template
 
 
+def test_openai_completion_model_continues_the_text(server, backend):
+    completion = ll.OpenAI(server.app.state.ctx.served_model_name, base_url=server.url + "/v1", api_key="unused",
+                           is_chat_model=False)
+
+    @ll.function
+    def cont(s):
+        s += "Once upon a time" + ll.gen("rest", max_tokens=6, stop="\n")
+
+    remote = cont.run(backend=completion, temperature=0)
+    local = cont.run(backend=backend, temperature=0)
+    assert remote["rest"] == local["rest"] and remote.text() == local.text()
+
+
 def test_openai_says_what_it_cannot_do(openai_backend):
     @ll.function
     def picks(s):
