@@ -4,7 +4,9 @@
     make_tiny_checkpoint(path, arch, seed=0, *, max_shard_size=None, mtp_layers=0, **config_overrides) -> str
     make_tiny_fp8_checkpoint(path, arch="deepseek_v3", seed=0, *, block_size=(128, 128), ...) -> str
 
-All are imported lazily; they import torch / transformers / tokenizers only when called.
+Submodules (imported explicitly): `lmlang.testing.fp8` (the FP8 checkpoint writer),
+`lmlang.testing.forward` (`ForwardDriver`: run a runtime model on hand-built batches),
+`lmlang.testing.parity` (transformers' greedy reference). All are imported lazily; they import torch / transformers / tokenizers only when called.
 `import lmlang` never imports this package.
 """
 

@@ -56,6 +56,8 @@ class TinyArch:
 
 _TINY_MLA = {  # DeepSeek-V2/V3: MLA with latent 32, rope 16; 8 experts top-2; layer 0 dense, layer 1 MoE
     **_TINY_SHAPE,
+    # = num_attention_heads: transformers' DeepseekV3Config defaults it to 128 and its attention
+    # divides the head count by it (MLA has no grouped KV heads)
     "num_key_value_heads": 4,
     "kv_lora_rank": 32,
     "qk_nope_head_dim": 16,

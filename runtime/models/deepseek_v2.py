@@ -12,6 +12,14 @@ The two versions differ only in routing and rope layout:
 Both: weights renormalised when `norm_topk_prob`, then times `routed_scaling_factor`
 (transformers' V2 ignores `norm_topk_prob`; the released V2 models set it false, where all
 agree). YaRN rope scaling, with DeepSeek's softmax temperature `mscale(factor, mscale_all_dim)^2`.
+Router weights are float32 and router logits computed in float32 (as transformers does).
+Like transformers, V3 routing ignores the config's `topk_method` / `scoring_func` (always
+"noaux_tc" / sigmoid), and `moe_layer_freq` (1 in every release) is honoured.
+
+The KV pool is the latent one (`MLAKVCacheSpec`), and the spec asks for the 'mla' attention
+backend, which plans the context layout MLA layers read (static buffers under CUDA graphs).
+Known cost: prefill with a cached prefix (chunked prefill, prefix-cache hits) re-expands the
+whole prefix through kv_b_proj every chunk; a prefix-aware MLA extend kernel would avoid it.
 
 Checkpoint weights of the NextN / MTP layers that DeepSeek ships after the last decoder layer
 (`model.layers.{num_hidden_layers + k}.*`) are skipped here; they belong to a draft model.
