@@ -34,7 +34,13 @@ class RuntimeEndpoint(TokenBackend):
 
     # ---- HTTP --------------------------------------------------------------------------
     def _get(self, path: str) -> Any:
-        return _answer(self._sync.get(path), path)
+        import httpx
+
+        try:
+            response = self._sync.get(path)
+        except httpx.TransportError as e:
+            raise ConnectionError(f"cannot reach the lmlang server at {self.url}: {e}") from e
+        return _answer(response, path)
 
     def _client(self) -> Any:
         import httpx

@@ -87,7 +87,7 @@ def test_bad_program_is_a_400_naming_the_problem(server):
 
 
 def test_endpoint_errors_fail_fast():
-    with pytest.raises(Exception):
+    with pytest.raises(ConnectionError, match="cannot reach the lmlang server at http://127.0.0.1:9"):
         ll.RuntimeEndpoint("http://127.0.0.1:9", api_key="k")
 
 

@@ -165,7 +165,7 @@ def test_react_loop_branches_on_select(backend):
     @ll.function
     def react(s, question, max_steps=4):
         s += "Question: " + question + "\n"
-        for step in range(max_steps):
+        for _ in range(max_steps):
             s += "Thought:" + ll.gen("thought", max_tokens=6, stop="\n") + "\n"
             s += "Action: " + ll.select("action", choices=["search", "lookup", "finish"]) + "\n"
             if s["action"] == "finish":

@@ -118,7 +118,7 @@ def test_arguments_are_placeholders_and_fixed_loops_unroll():
 
     @ll.function
     def counted(s, n):
-        for i in range(n):
+        for _ in range(n):
             s += "x"
 
     with pytest.raises(ArgumentUsedError):
