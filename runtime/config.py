@@ -11,6 +11,7 @@ SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOAD_FORMATS = ("auto", "dummy")
+QUANTIZATIONS = (None, "fp8")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class EngineConfig:
         need(self.max_total_tokens is None or self.max_total_tokens >= 16, "max_total_tokens", "must be >= 16")
         need(self.max_running_requests >= 1, "max_running_requests", "must be >= 1")
         need(0 < self.mem_fraction_static < 1, "mem_fraction_static", "must be in (0, 1)")
+        need(self.quantization in QUANTIZATIONS, "quantization", "must be None or 'fp8'")
 
     def replace(self, **changes) -> "EngineConfig":
         return dataclasses.replace(self, **changes)

@@ -261,14 +261,21 @@ class Engine:
             if not fut.done():
                 fut.set_exception(EngineDeadError(why))
 
-    def control(self, op: str, timeout: Optional[float] = 600.0, **args: Any) -> Any:
-        """Runs a control operation in the engine core (stats, flush_cache, pin, unpin)."""
+    def _control_future(self, op: str, args: dict) -> concurrent.futures.Future:
         self._check_alive()
         cid = next(self._cids)
         fut: concurrent.futures.Future = concurrent.futures.Future()
         self._controls[cid] = fut
         self._send([ControlReq(cid=cid, op=op, args=args)])
-        return fut.result(timeout)
+        return fut
+
+    def control(self, op: str, timeout: Optional[float] = 600.0, **args: Any) -> Any:
+        """Runs a control operation in the engine core (stats, reset_stats, flush_cache, pin, unpin)."""
+        return self._control_future(op, args).result(timeout)
+
+    async def async_control(self, op: str, **args: Any) -> Any:
+        """`control` for asyncio."""
+        return await asyncio.wrap_future(self._control_future(op, args))
 
     # ---- request preparation -------------------------------------------------------------
 
@@ -450,7 +457,29 @@ class Engine:
         return int(self.control("pin", input_ids=list(input_ids))["handle"])
 
     def unpin(self, handle: int) -> bool:
+        """Releases a prefix held by `pin`; False if the handle is unknown."""
         return bool(self.control("unpin", handle=handle))
+
+    async def async_pin(self, prompt: Optional[str] = None, *, input_ids: Optional[list] = None) -> int:
+        """`pin` for asyncio."""
+        if input_ids is None:
+            if not prompt:
+                raise ValueError("pin needs a non-empty prompt or input_ids")
+            input_ids = self.tokenizer.encode(prompt)
+        await self.async_generate(input_ids=input_ids, sampling_params={"max_new_tokens": 0})
+        return int((await self.async_control("pin", input_ids=list(input_ids)))["handle"])
+
+    async def async_unpin(self, handle: int) -> bool:
+        """`unpin` for asyncio."""
+        return bool(await self.async_control("unpin", handle=handle))
+
+    async def async_stats(self) -> dict:
+        """`stats` for asyncio."""
+        return await self.async_control("stats")
+
+    def reset_stats(self) -> None:
+        """Zeroes the counters of `stats()` (KV figures are live values and stay)."""
+        self.control("reset_stats")
 
     def model_info(self) -> dict:
         return dict(self.info)

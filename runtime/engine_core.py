@@ -86,6 +86,8 @@ class EngineCore:
         s = self.scheduler
         if op == "stats":
             return s.stats()
+        if op == "reset_stats":
+            return s.reset_stats()
         if op == "flush_cache":
             return s.flush_cache()
         if op == "pin":

@@ -483,6 +483,13 @@ class Scheduler:
         self.cache.unlock(node)
         return True
 
+    def reset_stats(self) -> bool:
+        """Zeroes the counters (`stats()` then covers only what follows)."""
+        for key in self.counters:
+            self.counters[key] = 0
+        self.start_order.clear()
+        return True
+
     def kv_usage(self) -> dict:
         total = self.allocator.total
         free = self.allocator.available()

@@ -217,3 +217,20 @@ def test_page_sizes_and_policies_give_the_same_greedy_outputs(tiny_ckpt, engine,
     page = engine_args.get("page_size", 1)
     for r, p in zip(again, prompts):
         assert r["meta_info"]["cached_tokens"] == (len(p) - 1) // page * page or engine_args.get("prefix_cache") == "block"
+
+
+def test_reset_stats_and_async_pin(engine):
+    import asyncio
+
+    engine.generate("warm up", {"max_new_tokens": 2})
+    engine.reset_stats()
+    s = engine.stats()
+    assert s["forward_passes"] == 0 and s["max_decode_batch_size"] == 0
+
+    async def pin_roundtrip():
+        handle = await engine.async_pin(input_ids=_ids(30, 31))
+        protected = (await engine.async_stats())["kv_protected"]
+        return protected, await engine.async_unpin(handle)
+
+    protected, released = asyncio.run(pin_roundtrip())
+    assert protected >= 30 and released
