@@ -10,6 +10,7 @@ Modules (import the one you need; this package imports nothing eagerly):
 - `fused_moe`: `moe_align_block_size`, `fused_moe_gemm`, `fused_experts`; configs in `moe_config`
 - `mla_decode`: `mla_decode` (split-K decode over a latent cache)
 - `tree_attention`: `tree_attention` (ragged queries over paged KV, custom or causal mask)
+- `decode_attention`: `decode_attention` (split-K GQA decode over paged KV, graph-capturable grid)
 
 Launchers check shapes, dtypes, devices and layouts and raise ValueError naming the problem.
 CUDA tensors run the compiled kernels; CPU tensors run the same kernels through triton's

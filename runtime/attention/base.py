@@ -5,18 +5,37 @@ arithmetic, kernel planning), then `forward(...)` runs per layer. Invariant: `fo
 stores the new tokens' K/V at `batch.out_cache_loc`, then computes, for every new token, causal
 attention over its sequence's context `batch.kv_indices[kv_indptr[i]:kv_indptr[i+1]]` (plus
 `batch.custom_mask` where given). The output has the query's layout.
+
+CUDA graphs (backends with `supports_cuda_graph`): `init_cuda_graph` allocates, once, the static
+metadata buffers a captured decode forward reads; `plan_cuda_graph(batch)` plans a DECODE batch
+whose size is a captured bucket into those buffers (before the capture, and again before every
+replay), after which `forward` must read only static buffers and launch a grid that depends on
+the batch size alone. A later `plan` returns the backend to eager mode.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 
 from lmlang.runtime.forward_batch import ForwardBatch
 
 
+@dataclass(frozen=True)
+class AttentionSpec:
+    """The attention shape shared by every layer of a model: what a backend plans with."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    v_head_dim: int
+    scaling: float
+
+
 class AttentionBackend(ABC):
+    supports_cuda_graph: bool = False
     @abstractmethod
     def plan(self, batch: ForwardBatch) -> None:
         """Prepares per-forward metadata; called once before the layers run."""
@@ -32,6 +51,15 @@ class AttentionBackend(ABC):
         batch: ForwardBatch,
     ) -> torch.Tensor:  # [num_tokens, num_heads, v_head_dim]
         """Stores k/v in the pool, then attends."""
+
+    def init_cuda_graph(self, max_batch_size: int, max_kv_indices: int) -> None:
+        """Allocates the static buffers for decode graphs of up to `max_batch_size` sequences
+        whose contexts hold up to `max_kv_indices` slots in all."""
+        raise NotImplementedError(f"{type(self).__name__} does not support CUDA graphs")
+
+    def plan_cuda_graph(self, batch: ForwardBatch) -> None:
+        """Plans a DECODE batch of a captured bucket size into the static buffers (see module doc)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support CUDA graphs")
 
 
 _BACKENDS: dict = {}

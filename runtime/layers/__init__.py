@@ -4,6 +4,7 @@
 fused residual add), `rotary` (`get_rope`: default/linear/dynamic/llama3/yarn, applied by
 position index), `activation` (SiluAndMul), `vocab` (VocabEmbedding, LMHead with tying),
 `attention` (Attention: per-head shapes -> `batch.attn_backend`), `logits` (compute_logits).
-Each op has a single call site (`rms_norm`, `apply_rotary`, ...) where a GPU kernel from
-`lmlang.kernels` can be dispatched later.
+On CUDA, RMSNorm (with its fused residual add), rotary and SiLU-and-mul call their Triton
+kernels from `lmlang.kernels` (`dispatch.use_kernels` decides); CPU and `torch.compile` run the
+torch code (`rms_norm`, `apply_rotary`, ...).
 """

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from lmlang.runtime.attention.compiled_op import attention_op
 from lmlang.runtime.forward_batch import ForwardBatch
 
 
@@ -16,7 +17,9 @@ class Attention(nn.Module):
     Holds no weights. `forward` takes q: [n, num_heads * head_dim], k: [n, num_kv_heads *
     head_dim], v: [n, num_kv_heads * v_head_dim] (or the same already split per head) and
     returns [n, num_heads * v_head_dim]. Storing k/v at `batch.out_cache_loc` and attending
-    over each sequence's context is the backend's job (`AttentionBackend.forward`).
+    over each sequence's context is the backend's job (`AttentionBackend.forward`); under
+    `torch.compile` the call goes through the opaque op `torch.ops.lmlang.attention`
+    (`runtime/attention/compiled_op.py`), which the runner binds to the batch being run.
     """
 
     def __init__(
@@ -37,7 +40,10 @@ class Attention(nn.Module):
         q = q.reshape(-1, self.num_heads, self.head_dim)  # [n, num_heads, head_dim]
         k = k.reshape(-1, self.num_kv_heads, self.head_dim)  # [n, num_kv_heads, head_dim]
         v = v.reshape(-1, self.num_kv_heads, self.v_head_dim)  # [n, num_kv_heads, v_head_dim]
-        out = batch.attn_backend.forward(q, k, v, self.layer_id, self.scaling, batch)
+        if torch.compiler.is_compiling():
+            out = attention_op(q, k, v, self.layer_id, self.scaling)
+        else:
+            out = batch.attn_backend.forward(q, k, v, self.layer_id, self.scaling, batch)
         return out.reshape(-1, self.num_heads * self.v_head_dim)
 
     def extra_repr(self) -> str:

@@ -3,6 +3,8 @@
 `get_rope` builds a `RotaryEmbedding` whose `cos_sin_cache` holds, for every position the
 model can see, `cos | sin` of `position * inv_freq` (float32, times the scaling's attention
 factor). Applying it gathers rows by `positions`, so any mix of sequences and offsets works.
+On CUDA the `lmlang.kernels.rotary` kernel rotates q and k in one launch from the same cache
+(in float32; the torch code multiplies in the activations' dtype, as Hugging Face does).
 
 Scaling types (`rope_scaling["rope_type"]`, or the legacy key `"type"`):
 - default: `inv_freq = base ** (-2i / rotary_dim)`.
@@ -25,6 +27,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch import nn
+
+from lmlang.runtime.layers.dispatch import use_kernels
 
 RopeScaling = Optional[Mapping[str, Any]]
 
@@ -57,6 +61,10 @@ class RotaryEmbedding(nn.Module):
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """positions: [n] int64; q: [n, num_heads, head_dim]; k: [n, num_kv_heads, head_dim]."""
+        if use_kernels(q) and q.dtype == k.dtype:
+            from lmlang.kernels.rotary import apply_rotary as rotary_kernel
+
+            return rotary_kernel(q, k, positions, self.cos_sin_cache, is_neox=self.is_neox_style)
         cos, sin = self.cos_sin_cache.index_select(0, positions).chunk(2, dim=-1)  # [n, rotary_dim / 2]
         return apply_rotary(q, cos, sin, self.is_neox_style), apply_rotary(k, cos, sin, self.is_neox_style)
 
@@ -65,7 +73,7 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox_style: bool) -> torch.Tensor:
-    """The one call site of the rotary op. x: [n, heads, head_dim]; cos/sin: [n, rotary_dim / 2]."""
+    """The torch rotary op (CPU and compiled paths). x: [n, heads, head_dim]; cos/sin: [n, rotary_dim / 2]."""
     half = cos.shape[-1]
     rot, rest = x[..., : 2 * half], x[..., 2 * half :]
     cos = cos.unsqueeze(1).to(x.dtype)  # [n, 1, rotary_dim / 2]

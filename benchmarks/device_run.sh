@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Runs lmlang's GPU checks and benchmarks on a fresh GPU machine, one step after another, each
+# under its own time limit so that one failure cannot eat the others' time. Logs and JSON go to
+# $OUT (default /tmp/lmlang-out); a short summary of every step is printed last.
+#
+#   bash benchmarks/device_run.sh setup tests one_batch_quick kernels_tests cache_out
+#
+# Steps:
+#   setup            install the carried wheels (.whl/, see shared/tools/gpu_wheels.sh) into
+#                    /tmp/site and lmlang itself (editable); unpack a carried FlashInfer JIT cache
+#   tests            the runtime GPU tests (attention backends, CUDA graphs, parity vs transformers)
+#   kernels_tests    the kernels' GPU tests
+#   kernels          benchmarks/kernels.py
+#   one_batch_quick  one_batch.py on Llama-3.1-8B: batch 1 / 64, ctx 1024, prefill 8192, no compare
+#   one_batch        one_batch.py on Llama-3.1-8B: the full grid and eager / graph / compile+graph
+#   one_batch_qwen   one_batch.py on Qwen3-8B: batch 1 / 64 / 256 at ctx 1024, prefill 8192
+#   serving          serving.py shared-prefix (radix, block, none) with the transformers peer
+#   cache_out        tar the FlashInfer JIT cache into $OUT (carry it back as .cache/fi_cache.tgz)
+set -u
+OUT=${OUT:-/tmp/lmlang-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false FLASHINFER_WORKSPACE_BASE=$PWD
+export PYTHONPATH=/tmp/site
+SUMMARY=()
+
+step() {  # step NAME SECONDS COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  SUMMARY+=("$(printf '%-16s rc=%-4s %5ss' "$name" "$rc" "$((SECONDS - t0))")")
+  tail -n 40 "$OUT/$name.log"
+}
+
+setup() {
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl &&
+    python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . &&
+    if [ -f .cache/fi_cache.tgz ]; then tar -xzf .cache/fi_cache.tgz -C .cache; fi &&
+    nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem,driver_version --format=csv &&
+    python3 -c "import torch, triton, flashinfer; print(torch.__version__, triton.__version__, flashinfer.__version__)"
+}
+
+PYTEST=(python3 -m pytest -q -m gpu -p no:cacheprovider --timeout 300 -rs)
+LLAMA=benchmarks/configs/llama31_8b.json
+
+for s in "$@"; do
+  case $s in
+    setup) step setup 240 bash -c "$(declare -f setup); setup" ;;
+    tests) step tests 420 "${PYTEST[@]}" tests/runtime/test_attention_backends.py tests/runtime/test_gpu_cuda_graph.py \
+      tests/runtime/test_gpu_parity.py -s ;;
+    kernels_tests) step kernels_tests 240 "${PYTEST[@]}" tests/kernels ;;
+    kernels) step kernels 420 python3 benchmarks/kernels.py --out "$OUT/kernels.json" ;;
+    one_batch_quick) step one_batch_quick 300 python3 benchmarks/one_batch.py --config $LLAMA \
+      --out "$OUT/one_batch_quick.json" --batch 1,64 --ctx 1024 --prefill 8192 --compare-modes "" ;;
+    one_batch) step one_batch 540 python3 benchmarks/one_batch.py --config $LLAMA --out "$OUT/one_batch.json" ;;
+    one_batch_qwen) step one_batch_qwen 300 python3 benchmarks/one_batch.py --config benchmarks/configs/qwen3_8b.json \
+      --out "$OUT/one_batch_qwen.json" --batch 1,64,256 --ctx 1024 --prefill 8192 --compare-modes "" ;;
+    serving) step serving 540 python3 benchmarks/serving.py --config $LLAMA --out "$OUT/serving.json" \
+      --dataset shared-prefix --prefix-caches radix,block,none --peer-hf ;;
+    cache_out) step cache_out 60 tar -czf "$OUT/fi_cache.tgz" -C .cache flashinfer ;;
+    *) echo "unknown step $s"; exit 2 ;;
+  esac
+done
+echo "== summary =="
+printf '%s\n' "${SUMMARY[@]}"
+ls -la "$OUT"

@@ -1,0 +1,76 @@
+"""Attention through lmlang's own Triton kernels: the CUDA fallback, and the custom-mask path.
+
+Every forward stores K/V with the `kv_store` kernel. Decode batches (one new token per sequence,
+no custom mask) run `decode_attention` (split-K over the context, one program per KV head so a
+GQA group reads each K/V row once); everything else, prefill chunks over a cached prefix and
+draft-tree verification with `batch.custom_mask`, runs `tree_attention`. Both read context slots
+straight from `kv_indices`, so any `page_size` works. The kernels also run on CPU through
+Triton's interpreter (slowly: for tests).
+
+CUDA graphs: decode reads `kv_indptr` / `kv_indices` from static buffers filled by
+`plan_cuda_graph`; the decode grid depends only on the batch size and the fixed split count.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from lmlang.kernels.decode_attention import DEFAULT_KV_SPLITS, decode_attention
+from lmlang.kernels.kv_store import store_kv
+from lmlang.kernels.tree_attention import tree_attention
+from lmlang.runtime.attention.base import AttentionBackend, AttentionSpec, register_backend
+from lmlang.runtime.forward_batch import ForwardBatch
+
+
+@register_backend("triton")
+class TritonAttentionBackend(AttentionBackend):
+    supports_cuda_graph = True
+
+    def __init__(
+        self, kv_pool=None, device: torch.device | str = "cpu", spec: Optional[AttentionSpec] = None,
+        num_kv_splits: int = DEFAULT_KV_SPLITS, **_: object,
+    ) -> None:
+        self.kv_pool = kv_pool
+        self.device = torch.device(device)
+        self.num_kv_splits = num_kv_splits
+        self._static: Optional[tuple] = None  # (kv_indptr [max_bs + 1] int32, kv_indices [capacity] int64)
+        self._decode = False
+        self._kv_indptr: Optional[torch.Tensor] = None  # what decode reads: the batch's or the static buffers
+        self._kv_indices: Optional[torch.Tensor] = None
+        self._max_qo_len = 0
+
+    def plan(self, batch: ForwardBatch) -> None:
+        self._decode = batch.mode.is_decode and batch.custom_mask is None
+        self._kv_indptr, self._kv_indices = batch.kv_indptr, batch.kv_indices
+        self._max_qo_len = 1 if self._decode else max(batch.extend_lens_cpu, default=0)
+
+    def init_cuda_graph(self, max_batch_size: int, max_kv_indices: int) -> None:
+        self._static = (
+            torch.zeros(max_batch_size + 1, dtype=torch.int32, device=self.device),
+            torch.zeros(max_kv_indices, dtype=torch.int64, device=self.device),
+        )
+
+    def plan_cuda_graph(self, batch: ForwardBatch) -> None:
+        if self._static is None:
+            raise RuntimeError("init_cuda_graph must run before plan_cuda_graph")
+        indptr_buf, indices_buf = self._static
+        bs, n = batch.batch_size, batch.kv_indices.shape[0]
+        if n > indices_buf.shape[0]:
+            raise ValueError(f"decode batch holds {n} context slots; the graph buffers hold {indices_buf.shape[0]}")
+        indptr_buf[: bs + 1].copy_(batch.kv_indptr, non_blocking=True)
+        indices_buf[:n].copy_(batch.kv_indices, non_blocking=True)
+        self._decode = True
+        self._kv_indptr, self._kv_indices = indptr_buf[: bs + 1], indices_buf
+        self._max_qo_len = 1
+
+    def forward(self, q, k, v, layer_id: int, scaling: float, batch: ForwardBatch) -> torch.Tensor:
+        pool = self.kv_pool
+        k_buf, v_buf = pool.k_buffer[layer_id], pool.v_buffer[layer_id]
+        store_kv(k_buf, v_buf, batch.out_cache_loc, k, v)
+        q = q.contiguous()
+        if self._decode:
+            return decode_attention(q, k_buf, v_buf, self._kv_indptr, self._kv_indices, scaling, self.num_kv_splits)
+        return tree_attention(q, k_buf, v_buf, batch.qo_indptr, batch.kv_indptr, batch.kv_indices, scaling,
+                              batch.custom_mask, max_qo_len=self._max_qo_len)
