@@ -47,11 +47,11 @@ LLAMA=benchmarks/configs/llama31_8b.json
 for s in "$@"; do
   case $s in
     setup) step setup 240 bash -c "$(declare -f setup); setup" ;;
-    tests) step tests 420 "${PYTEST[@]}" tests/runtime/test_attention_backends.py tests/runtime/test_gpu_cuda_graph.py \
+    tests) step tests 330 "${PYTEST[@]}" tests/runtime/test_attention_backends.py tests/runtime/test_gpu_cuda_graph.py \
       tests/runtime/test_gpu_parity.py -s ;;
     kernels_tests) step kernels_tests 240 "${PYTEST[@]}" tests/kernels ;;
     kernels) step kernels 420 python3 benchmarks/kernels.py --out "$OUT/kernels.json" ;;
-    one_batch_quick) step one_batch_quick 300 python3 benchmarks/one_batch.py --config $LLAMA \
+    one_batch_quick) step one_batch_quick 200 python3 benchmarks/one_batch.py --config $LLAMA \
       --out "$OUT/one_batch_quick.json" --batch 1,64 --ctx 1024 --prefill 8192 --compare-modes "" ;;
     one_batch) step one_batch 540 python3 benchmarks/one_batch.py --config $LLAMA --out "$OUT/one_batch.json" ;;
     one_batch_qwen) step one_batch_qwen 300 python3 benchmarks/one_batch.py --config benchmarks/configs/qwen3_8b.json \
