@@ -11,7 +11,8 @@
 #   tests            the runtime GPU tests (attention backends, CUDA graphs, parity vs transformers)
 #   kernels_tests    the kernels' GPU tests
 #   kernels          benchmarks/kernels.py
-#   one_batch_quick  one_batch.py on Llama-3.1-8B: batch 1 / 64, ctx 1024, prefill 8192, no compare
+#   one_batch_quick  one_batch.py on Llama-3.1-8B: batch 1 / 64, ctx 1024, prefill 8192, profiles
+#   one_batch_triton the same with the triton attention backend
 #   one_batch        one_batch.py on Llama-3.1-8B: the full grid and eager / graph / compile+graph
 #   one_batch_qwen   one_batch.py on Qwen3-8B: batch 1 / 64 / 256 at ctx 1024, prefill 8192
 #   serving          serving.py shared-prefix (radix, block, none) with the transformers peer
@@ -51,8 +52,12 @@ for s in "$@"; do
       tests/runtime/test_gpu_parity.py -s ;;
     kernels_tests) step kernels_tests 240 "${PYTEST[@]}" tests/kernels ;;
     kernels) step kernels 420 python3 benchmarks/kernels.py --out "$OUT/kernels.json" ;;
-    one_batch_quick) step one_batch_quick 200 python3 benchmarks/one_batch.py --config $LLAMA \
-      --out "$OUT/one_batch_quick.json" --batch 1,64 --ctx 1024 --prefill 8192 --compare-modes "" ;;
+    one_batch_quick) step one_batch_quick 150 python3 benchmarks/one_batch.py --config $LLAMA \
+      --out "$OUT/one_batch_quick.json" --batch 1,64 --ctx 1024 --prefill 8192 --compare-modes "" \
+      --profile 1:1024,64:1024 ;;
+    one_batch_triton) step one_batch_triton 150 python3 benchmarks/one_batch.py --config $LLAMA \
+      --out "$OUT/one_batch_triton.json" --batch 1,64 --ctx 1024 --prefill 8192 --compare-modes "" \
+      --profile 1:1024,64:1024 --attention-backend triton ;;
     one_batch) step one_batch 540 python3 benchmarks/one_batch.py --config $LLAMA --out "$OUT/one_batch.json" ;;
     one_batch_qwen) step one_batch_qwen 300 python3 benchmarks/one_batch.py --config benchmarks/configs/qwen3_8b.json \
       --out "$OUT/one_batch_qwen.json" --batch 1,64,256 --ctx 1024 --prefill 8192 --compare-modes "" ;;

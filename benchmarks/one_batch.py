@@ -17,6 +17,9 @@ Drives `ModelRunner` directly (no scheduler, no front end), as SGLang's bench_on
   of attention does not depend on the values.
 - compare: eager vs CUDA graph vs torch.compile + graph at the `--compare` batch sizes: the
   first-run cost (graph capture, compilation) and the decode step time.
+- profile (`--profile 1:1024,64:1024`): for those decode shapes, the host time of each phase of a
+  graph step (batch build, attention planning, replay launch) and the GPU time per kernel of a
+  replay (torch.profiler over a few replays), largest first.
 Prints the limits first and a table last; writes everything to `--out` as JSON.
 """
 
@@ -125,6 +128,50 @@ def bench_decode(runner: ModelRunner, bs: int, ctx: int, costs: dict, limits: di
     return row
 
 
+def profile_decode(runner: ModelRunner, bs: int, ctx: int, reps: int = 5) -> dict:
+    """Host phases of one graph decode step and GPU time per kernel of its replay."""
+    from torch.profiler import ProfilerActivity, profile
+
+    graphs = runner.graph_runner
+    chunks = decode_chunks(bs, ctx)
+    bucket = graphs.bucket(bs)
+    host = {"build": [], "plan+copy": [], "launch": []}
+    for _ in range(reps + 2):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        batch = runner.builder.build(ForwardMode.DECODE, chunks, pad_to=bucket)
+        t1 = time.perf_counter()
+        static = graphs.static_batches[bucket]
+        static.input_ids.copy_(batch.input_ids, non_blocking=True)
+        static.positions.copy_(batch.positions, non_blocking=True)
+        static.out_cache_loc.copy_(batch.out_cache_loc, non_blocking=True)
+        runner.attn_backend.plan_cuda_graph(batch)
+        t2 = time.perf_counter()
+        graphs.graphs[bucket].replay()
+        t3 = time.perf_counter()
+        for key, dt in zip(host, (t1 - t0, t2 - t1, t3 - t2)):
+            host[key].append(dt * 1e6)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            graphs.graphs[bucket].replay()
+        torch.cuda.synchronize()
+    kernels: dict = {}
+    for evt in prof.events():
+        if evt.device_type == torch.autograd.DeviceType.CUDA:
+            name = evt.name[:90]
+            count, total = kernels.get(name, (0, 0.0))
+            kernels[name] = (count + 1, total + evt.time_range.elapsed_us())
+    rows = sorted(((total / reps, count // reps, name) for name, (count, total) in kernels.items()), reverse=True)
+    out = dict(batch=bs, ctx=ctx, host_us={k: statistics.median(v[2:]) for k, v in host.items()},
+               gpu_us_total=sum(r[0] for r in rows), kernels=[dict(us=u, calls=c, name=n) for u, c, n in rows[:25]])
+    print(f"profile b={bs} ctx={ctx}: host " + ", ".join(f"{k} {v:.0f} us" for k, v in out["host_us"].items())
+          + f"; GPU kernels {out['gpu_us_total']:.0f} us per replay")
+    for u, c, n in rows[:15]:
+        print(f"  {u:9.1f} us  {c:4d} x  {n}")
+    return out
+
+
 def make_runner(path: str, **overrides) -> tuple:
     cfg = EngineConfig(model_path=path, device="cuda", dtype="bfloat16", load_format="dummy", **overrides)
     t0 = time.perf_counter()
@@ -139,12 +186,14 @@ def release_memory() -> None:
     torch.cuda.empty_cache()
 
 
-def bench_compare(path: str, sizes: list, ctx: int, modes: list, costs: dict, limits: dict, reps: int) -> list:
+def bench_compare(path: str, sizes: list, ctx: int, modes: list, costs: dict, limits: dict, reps: int,
+                  backend: str | None) -> list:
     out = []
     for mode in modes:
         runner, init_s = make_runner(
             path, cuda_graph=mode != "eager", torch_compile=mode == "compile", cuda_graph_max_batch=max(sizes),
             max_running_requests=max(sizes), max_total_tokens=max(sizes) * (ctx + 1) + 64,
+            attention_backend=backend,
         )
         graphs = runner.graph_runner
         row = dict(kind="compare", mode=mode, init_s=init_s,
@@ -194,15 +243,18 @@ def main() -> None:
     parser.add_argument("--compare-modes", default="eager,graph,compile")
     parser.add_argument("--compare-ctx", type=int, default=1024)
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--profile", default="", help="decode shapes to profile, e.g. 1:1024,64:1024")
+    parser.add_argument("--attention-backend", default=None, help="flashinfer (default) or triton")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("benchmarks/one_batch.py needs a CUDA device")
     limits, info = measure_limits(), run_info()
     print_limits(limits, info)
     path = make_dummy_checkpoint(args.config, tempfile.mkdtemp(prefix="lmlang-dummy-"))
-    results = dict(model=pathlib.Path(args.config).stem, info=info, limits=limits, prefill=[], decode=[], compare=[])
+    results = dict(model=pathlib.Path(args.config).stem, backend=args.attention_backend or "flashinfer", info=info, limits=limits, prefill=[], decode=[], compare=[],
+                   profile=[])
     runner, init_s = make_runner(path, cuda_graph_max_batch=max(args.batch), max_running_requests=max(args.batch),
-                                 chunked_prefill_size=max(args.prefill))
+                                 chunked_prefill_size=max(args.prefill), attention_backend=args.attention_backend)
     graphs = runner.graph_runner
     print(f"# runner up in {init_s:.1f} s: {runner.num_slots} KV slots, backend {type(runner.attn_backend).__name__}, "
           f"graphs {graphs.batch_sizes if graphs else None}", flush=True)
@@ -215,11 +267,15 @@ def main() -> None:
                 print(f"decode b={bs} ctx={ctx}: skipped, needs {bs * (ctx + 1)} KV slots", flush=True)
                 continue
             results["decode"].append(bench_decode(runner, bs, ctx, costs, limits, args.reps))
+    for shape in [p for p in args.profile.split(",") if p] if graphs is not None else []:
+        bs, ctx = (int(x) for x in shape.split(":"))
+        results["profile"].append(profile_decode(runner, bs, ctx))
     del runner, graphs
     release_memory()
     modes = [m for m in args.compare_modes.split(",") if m]
     if args.compare and modes:
-        results["compare"] = bench_compare(path, args.compare, args.compare_ctx, modes, costs, limits, args.reps)
+        results["compare"] = bench_compare(path, args.compare, args.compare_ctx, modes, costs, limits, args.reps,
+                                           args.attention_backend)
     args.out.write_text(json.dumps(results, indent=1))
     print_table(results)
 

