@@ -45,7 +45,8 @@ class EngineConfig:
     cuda_graph: bool = True
     cuda_graph_max_batch: int = 256
     torch_compile: bool = False
-    overlap_schedule: bool = True
+    # decode step N + 1 is launched before step N's tokens reach the host; None: on for CUDA
+    overlap_schedule: Optional[bool] = None
     quantization: Optional[str] = None
     # torch threads in the engine core on CPU (None: half the cores, at most 8); more threads
     # than free cores make every small op wait on OpenMP barriers

@@ -146,7 +146,10 @@ class ModelRunner:
         seqs: Sequence[SeqChunk],
         logit_rows: Sequence[int],  # token rows (in the ragged batch) whose logits are returned
         custom_mask: Optional[torch.Tensor] = None,
+        input_ids: Optional[torch.Tensor] = None,  # [num_tokens] on the device, replacing the chunks' ids
     ) -> torch.Tensor:  # [len(logit_rows), vocab] float32
+        """Runs the model on the chunks; `input_ids` lets a decode step take the previous step's
+        sampled tokens straight from the device (overlap scheduling)."""
         rows = list(logit_rows)
         self.forward_passes += 1
         graphs = self.graph_runner
@@ -155,11 +158,13 @@ class ModelRunner:
             and graphs.can_run(len(seqs), sum(s.seq_len for s in seqs))
         ):
             batch = self.builder.build(mode, seqs, pad_to=graphs.bucket(len(seqs)))
+            _override_input_ids(batch, input_ids)
             logits = graphs.replay(batch)  # [bucket, vocab], overwritten by the next replay: copy out
             if rows == list(range(len(rows))):
                 return logits[: len(rows)].clone()
             return logits.index_select(0, torch.tensor(rows, dtype=torch.long, device=self.device))
         batch = self.build_batch(mode, seqs, custom_mask)
+        _override_input_ids(batch, input_ids)
         self.attn_backend.plan(batch)
         with forward_batch_context(batch):
             hidden = self.model(batch)  # [num_tokens, hidden]
@@ -174,3 +179,8 @@ class ModelRunner:
     def build_batch(self, mode: ForwardMode, seqs: Sequence[SeqChunk], custom_mask=None) -> ForwardBatch:
         """The `ForwardBatch` of these chunks (not planned)."""
         return self.builder.build(mode, seqs, custom_mask)
+
+
+def _override_input_ids(batch: ForwardBatch, input_ids: Optional[torch.Tensor]) -> None:
+    if input_ids is not None:
+        batch.input_ids[: input_ids.shape[0]].copy_(input_ids, non_blocking=True)

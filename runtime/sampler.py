@@ -88,11 +88,10 @@ class Sampler:
                     logits[i, banned] = float("-inf")
 
     def _choose(self, logits: torch.Tensor, reqs: Sequence[Req]) -> torch.Tensor:
-        greedy = torch.tensor([r.params.is_greedy for r in reqs], device=logits.device)
         tokens = torch.argmax(logits, dim=-1)
-        if bool(greedy.all()):
-            return tokens
         sample_rows = [i for i, r in enumerate(reqs) if not r.params.is_greedy]
+        if not sample_rows:
+            return tokens
         probs = self._filtered_probs(logits[sample_rows], [reqs[i] for i in sample_rows])
         for j, i in enumerate(sample_rows):
             gen = reqs[i].generator or self.generator
@@ -100,8 +99,25 @@ class Sampler:
             tokens[i] = torch.multinomial(row, 1, generator=gen).to(tokens.device)[0]
         return tokens
 
+    @torch.inference_mode()
+    def sample_on_device(self, logits: torch.Tensor, reqs: Sequence[Req]) -> torch.Tensor:  # [batch] int64
+        """Tokens for rows that need no host-side state (see `Scheduler._chainable`), without a
+        host sync: greedy rows take the argmax, the others race exponential noise (equivalent
+        to sampling from the filtered distribution) using the device's default generator."""
+        logits = logits.float()[:, : self.vocab_size]
+        tokens = torch.argmax(logits, dim=-1)
+        sample_rows = [i for i, r in enumerate(reqs) if not r.params.is_greedy]
+        if not sample_rows:
+            return tokens
+        rows = torch.tensor(sample_rows, dtype=torch.long, device=logits.device)
+        probs = self._filtered_probs(logits.index_select(0, rows), [reqs[i] for i in sample_rows])
+        noise = torch.empty_like(probs).exponential_()
+        tokens[rows] = torch.argmax(probs / noise, dim=-1)
+        return tokens
+
     @staticmethod
     def _filtered_probs(logits: torch.Tensor, reqs: Sequence[Req]) -> torch.Tensor:
+        """Temperature, then top-k, top-p and min-p filtering; rows sum to 1. No host sync."""
         device = logits.device
         temps = torch.tensor([r.params.temperature for r in reqs], device=device).view(-1, 1)
         logits = logits / temps
@@ -112,15 +128,15 @@ class Sampler:
             kth = sorted_vals.gather(1, (ks - 1).clamp(max=logits.shape[1] - 1).view(-1, 1))
             logits = logits.masked_fill(logits < kth, float("-inf"))
         probs = torch.softmax(logits, dim=-1)
-        top_p = torch.tensor([r.params.top_p for r in reqs], device=device)
-        if bool((top_p < 1.0).any()):
+        if any(r.params.top_p < 1.0 for r in reqs):
+            top_p = torch.tensor([r.params.top_p for r in reqs], device=device)
             sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
             cum = torch.cumsum(sorted_probs, dim=-1)
             drop = (cum - sorted_probs) > top_p.view(-1, 1)  # keep the smallest set reaching top_p
             sorted_probs = sorted_probs.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter_(1, order, sorted_probs)
-        min_p = torch.tensor([r.params.min_p for r in reqs], device=device)
-        if bool((min_p > 0).any()):
+        if any(r.params.min_p > 0 for r in reqs):
+            min_p = torch.tensor([r.params.min_p for r in reqs], device=device)
             threshold = probs.max(dim=-1, keepdim=True).values * min_p.view(-1, 1)
             probs = probs.masked_fill(probs < threshold, 0.0)
         return probs / probs.sum(dim=-1, keepdim=True)

@@ -29,6 +29,7 @@ from lmlang.runtime.protocol import FinishReason, GenerateReq, SamplingParams, T
 from lmlang.runtime.request import Req
 from lmlang.runtime.sampler import Sampler, top_logprobs_of
 from lmlang.runtime.schedule_policy import create_policy
+from lmlang.runtime.scheduler_control import SchedulerControl
 from lmlang.runtime.stop import StopChecker
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ MIN_NEW_TOKEN_RATIO = 0.2
 NEW_TOKEN_RATIO_DECAY = 0.002
 
 
-class Scheduler:
+class Scheduler(SchedulerControl):
     def __init__(self, cfg: EngineConfig, runner: ModelRunner, stop_checker: StopChecker, vocab_size: int,
                  context_length: int, grammar_backend: Any = None) -> None:
         self.cfg = cfg
@@ -61,10 +62,13 @@ class Scheduler:
         self.next_pin = 1
         self.start_order: list = []
         self._pending_outputs: list = []
+        # overlap: a decode step launched whose tokens are still on the device
+        self.inflight: Optional[InflightDecode] = None
+        self.overlap = cfg.overlap_schedule if cfg.overlap_schedule is not None else runner.device.type == "cuda"
         self.counters = dict(
             prefill_tokens_computed=0, cached_tokens_hit=0, forward_passes=0, decode_steps=0,
             max_decode_batch_size=0, retractions=0, preemptions=0, requests_finished=0,
-            generated_tokens=0, prompt_tokens=0,
+            generated_tokens=0, prompt_tokens=0, overlapped_steps=0,
         )
 
     # ---- requests in and out -------------------------------------------------------------
@@ -132,21 +136,24 @@ class Scheduler:
         return self._output(req)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.chunked or self.grammar_queue)
+        return bool(self.waiting or self.running or self.chunked or self.grammar_queue or self.inflight)
 
     # ---- one step ------------------------------------------------------------------------
 
     def step(self) -> list:
-        """Runs at most one forward; returns the outputs to send to the front end."""
-        if self.grammar_queue:
-            self._pending_outputs.extend(self._poll_grammars())
-        batch = self._schedule_extend()
-        if batch:
-            outputs = self._run_extend(batch)
-        elif self.running:
-            outputs = self._run_decode()
+        """Runs at most one forward (two with overlap); returns the outputs for the front end."""
+        if self.inflight is not None:
+            outputs = self._advance_chain()
         else:
-            outputs = []
+            if self.grammar_queue:
+                self._pending_outputs.extend(self._poll_grammars())
+            batch = self._schedule_extend()
+            if batch:
+                outputs = self._run_extend(batch)
+            elif self.running:
+                outputs = self._run_decode()
+            else:
+                outputs = []
         outputs, self._pending_outputs = self._pending_outputs + outputs, []
         return outputs
 
@@ -321,6 +328,9 @@ class Scheduler:
         if not self.running:
             return []
         batch = list(self.running)
+        if self.overlap and self._chainable(batch):
+            self.inflight = self._launch_decode(batch)
+            return []
         seqs = []
         for req in batch:
             n = req.num_computed
@@ -333,11 +343,17 @@ class Scheduler:
         mode = ForwardMode.DECODE if max(lens) == 1 else ForwardMode.EXTEND
         masks = self._start_masks(batch)
         logits = self.runner.forward(mode, seqs, rows)
+        self._count_decode(len(batch))
+        self._sample_and_append(batch, logits, masks)
+        return self._finish_step(batch)
+
+    def _count_decode(self, batch_size: int) -> None:
         self.counters["forward_passes"] += 1
         self.counters["decode_steps"] += 1
-        self.counters["max_decode_batch_size"] = max(self.counters["max_decode_batch_size"], len(batch))
+        self.counters["max_decode_batch_size"] = max(self.counters["max_decode_batch_size"], batch_size)
         self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
-        self._sample_and_append(batch, logits, masks)
+
+    def _finish_step(self, batch: list) -> list:
         outputs = []
         for req in batch:
             if req.finished is not None:
@@ -345,6 +361,63 @@ class Scheduler:
                 self._release(req)
             outputs.append(self._output(req))
         return [o for o in outputs if o is not None]
+
+    # ---- overlap: decode step N + 1 runs on the device while the host finishes step N ----
+
+    def _chainable(self, batch: list, ahead: int = 0) -> bool:
+        """Whether a decode step for `batch` may be launched before the host has its inputs.
+
+        `ahead` is the number of tokens per request still on the device (0 or 1). Only plain
+        decode qualifies: nothing waiting to be admitted, one pending token per request, sampling
+        that needs no host-side state (no grammar, penalties, seeds, logprobs, min_new_tokens
+        still to enforce), no request about to reach max_new_tokens, and a free slot for each.
+        """
+        if self.waiting or self.chunked is not None or self.grammar_queue:
+            return False
+        for r in batch:
+            p = r.params
+            produced = len(r.output_ids) + ahead  # tokens before the one this step samples
+            if (r.grammar is not None or r.return_logprob or p.seed is not None or p.repetition_penalty != 1.0
+                    or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+                    or produced < p.min_new_tokens or produced + 1 >= p.max_new_tokens
+                    or len(r.fill_ids) + ahead - r.num_computed != 1):
+                return False
+        need = len(batch) * self.cfg.page_size
+        return self.allocator.available() + self.cache.evictable_size() >= need
+
+    def _launch_decode(self, batch: list, input_ids: Optional[torch.Tensor] = None) -> "InflightDecode":
+        """Enqueues a decode step without waiting for it. With `input_ids` (the in-flight step's
+        tokens, on the device) each request's last token is not on the host yet."""
+        seqs = []
+        for req in batch:
+            n = req.num_computed
+            slots = self._alloc(1, self._own_last_slot(req))
+            req.slots = torch.cat([req.slots, slots])
+            ids = req.fill_ids if input_ids is None else req.fill_ids + [0]  # placeholder, set on device
+            seqs.append(SeqChunk(ids, n, n + 1, req.slots))
+        logits = self.runner.forward(ForwardMode.DECODE, seqs, list(range(len(seqs))), input_ids=input_ids)
+        self._count_decode(len(batch))
+        tokens = self.sampler.sample_on_device(logits, batch)  # [batch] on the device
+        return InflightDecode(batch, tokens)
+
+    def _advance_chain(self) -> list:
+        """Launches decode step N + 1 on step N's device tokens if it can, then completes N."""
+        current, self.inflight = self.inflight, None
+        done_before = {id(r) for r in current.reqs if r.finished is not None}  # aborted meanwhile
+        live = [r for r in current.reqs if id(r) not in done_before]
+        if live and self._chainable(live, ahead=1):
+            self.inflight = self._launch_decode(live, current.tokens_for(live))
+            self.counters["overlapped_steps"] += 1
+        for req, token in zip(current.reqs, current.host_tokens()):
+            if id(req) in done_before:
+                continue  # its token is dropped
+            if not req.output_ids:
+                req.first_token_at = time.time()
+            req.output_ids.append(token)
+            self.counters["generated_tokens"] += 1
+            req.finished = self.stop_checker.check(req)
+        # a request that ends here may still be in step N + 1: its token there is dropped then
+        return self._finish_step([r for r in current.reqs if id(r) not in done_before])
 
     def _ensure_decode_room(self) -> None:
         """Retracts requests until every running request can get one more slot."""
@@ -460,55 +533,34 @@ class Scheduler:
         req.sent_len = len(req.output_ids)
         return out
 
-    # ---- control -------------------------------------------------------------------------
 
-    def flush_cache(self) -> bool:
-        if self.running or self.waiting or self.chunked:
-            return False
-        self.cache.reset()
-        return True
+class InflightDecode:
+    """A launched decode step: its requests and its sampled tokens, on the device."""
 
-    def pin(self, input_ids: list) -> dict:
-        m = self.cache.match_prefix(input_ids)
-        self.cache.lock(m.node)
-        handle = self.next_pin
-        self.next_pin += 1
-        self.pins[handle] = m.node
-        return {"handle": handle, "length": m.length}
+    def __init__(self, reqs: list, tokens: torch.Tensor) -> None:
+        self.reqs = reqs
+        self.tokens = tokens  # [batch] int64 on the device
+        self._host = tokens.to("cpu", non_blocking=True)
+        self._event = _record_event(tokens)
 
-    def unpin(self, handle: int) -> bool:
-        node = self.pins.pop(handle, None)
-        if node is None:
-            return False
-        self.cache.unlock(node)
-        return True
+    def tokens_for(self, reqs: list) -> torch.Tensor:
+        """The device tokens of `reqs` (a subsequence of this step's requests), in their order."""
+        if len(reqs) == len(self.reqs):
+            return self.tokens
+        index = {id(r): i for i, r in enumerate(self.reqs)}
+        rows = torch.tensor([index[id(r)] for r in reqs], dtype=torch.long, device=self.tokens.device)
+        return self.tokens.index_select(0, rows)
 
-    def reset_stats(self) -> bool:
-        """Zeroes the counters (`stats()` then covers only what follows)."""
-        for key in self.counters:
-            self.counters[key] = 0
-        self.start_order.clear()
-        return True
+    def host_tokens(self) -> list:
+        """The tokens on the host; waits for the step (and its copy) to finish."""
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.tolist()
 
-    def kv_usage(self) -> dict:
-        total = self.allocator.total
-        free = self.allocator.available()
-        cached = self.cache.evictable_size()
-        return dict(kv_total=total, kv_free=free, kv_cached=cached, kv_in_use=total - free - cached,
-                    kv_protected=self.cache.protected_size(), kv_request_owned=self._request_owned())
 
-    def _request_owned(self) -> int:
-        page = self.cfg.page_size
-        owned = 0
-        for r in self.reqs.values():
-            own = r.num_computed - r.num_cached_owned
-            owned += -(-own // page) * page if own > 0 else 0
-        return owned
-
-    def stats(self) -> dict:
-        s = dict(self.counters)
-        s["forward_passes"] = self.counters["forward_passes"]
-        s.update(self.kv_usage())
-        s.update(num_running=len(self.running) + (1 if self.chunked else 0), num_waiting=len(self.waiting),
-                 new_token_ratio=self.new_token_ratio, start_order=list(self.start_order[-1000:]))
-        return s
+def _record_event(t: torch.Tensor) -> Any:
+    if not t.is_cuda:
+        return None
+    event = torch.cuda.Event()
+    event.record()
+    return event

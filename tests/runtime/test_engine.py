@@ -234,3 +234,20 @@ def test_reset_stats_and_async_pin(engine):
 
     protected, released = asyncio.run(pin_roundtrip())
     assert protected >= 30 and released
+
+
+def test_overlap_schedule_gives_the_same_outputs(tiny_ckpt, engine, kv_accounting):
+    prompts = [_ids(10 + 3 * i, 900 + i) for i in range(8)]
+    params = [{**GREEDY, "max_new_tokens": 5 + 4 * i} for i in range(8)]
+    want = engine.generate(input_ids=prompts, sampling_params=params)
+    with Engine(tiny_ckpt("llama"), overlap_schedule=True) as e:
+        got = e.generate(input_ids=prompts, sampling_params=params)
+        stopped = e.generate(input_ids=prompts[0], sampling_params={"temperature": 0, "max_new_tokens": 30,
+                                                                   "stop_token_ids": [want[0]["output_ids"][3]]})
+        sampled = e.generate(input_ids=prompts, sampling_params={"max_new_tokens": 12, "temperature": 0.8})
+        stats = kv_accounting(e)
+    assert stats["overlapped_steps"] > 10
+    assert [g["output_ids"] for g in got] == [w["output_ids"] for w in want]
+    assert stopped["output_ids"] == want[0]["output_ids"][:4]
+    assert all(len(s["output_ids"]) == 12 for s in sampled)
+    assert stats["kv_in_use"] == 0
