@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from lmlang.runtime.forward_batch import ForwardBatch
+from lmlang.runtime.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -62,26 +63,9 @@ class AttentionBackend(ABC):
         raise NotImplementedError(f"{type(self).__name__} does not support CUDA graphs")
 
 
-_BACKENDS: dict = {}
-
-
-def register_backend(name: str):
-    def deco(cls):
-        _BACKENDS[name] = cls
-        return cls
-
-    return deco
+BACKENDS = Registry("attention backend", "lmlang.runtime.attention.{name}_backend")
+register_backend = BACKENDS.register
 
 
 def create_backend(name: str, **kwargs) -> AttentionBackend:
-    if name not in _BACKENDS:
-        # importing the module registers it
-        import importlib
-
-        try:
-            importlib.import_module(f"lmlang.runtime.attention.{name}_backend")
-        except ImportError as e:
-            raise ValueError(f"attention backend {name!r} is not available: {e}") from e
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; known: {sorted(_BACKENDS)}")
-    return _BACKENDS[name](**kwargs)
+    return BACKENDS.create(name, **kwargs)

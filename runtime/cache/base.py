@@ -23,6 +23,8 @@ from typing import Any, Sequence
 
 import torch
 
+from lmlang.runtime.registry import Registry
+
 
 def as_token_list(token_ids: Sequence[int]) -> list:
     """`token_ids` as a list of ints (lists pass through uncopied; tensors via `tolist`)."""
@@ -96,25 +98,9 @@ class PrefixCache(ABC):
         """Drops every unlocked cached token (frees their slots)."""
 
 
-_CACHES: dict = {}
-
-
-def register_cache(name: str):
-    def deco(cls):
-        _CACHES[name] = cls
-        return cls
-
-    return deco
+CACHES = Registry("prefix_cache", "lmlang.runtime.cache.{name}_cache")
+register_cache = CACHES.register
 
 
 def create_prefix_cache(name: str, allocator: Any, page_size: int = 1) -> PrefixCache:
-    import importlib
-
-    if name not in _CACHES:
-        try:
-            importlib.import_module(f"lmlang.runtime.cache.{name}_cache")
-        except ImportError:
-            pass
-    if name not in _CACHES:
-        raise ValueError(f"unknown prefix_cache {name!r}; choose one of 'radix', 'block', 'none'")
-    return _CACHES[name](allocator=allocator, page_size=page_size)
+    return CACHES.create(name, allocator=allocator, page_size=page_size)
