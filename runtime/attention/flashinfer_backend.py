@@ -17,6 +17,12 @@ with a custom mask (draft-tree verification) run the Triton `tree_attention` ker
 
 CUDA graphs: one decode wrapper per captured batch size, all planning into shared static
 buffers (indptr, page indices, last-page lengths); see `base.AttentionBackend`.
+
+Overlap scheduling plans step N + 1 while step N may still wait on the GPU. FlashInfer's planner
+writes its work partition into a pinned host buffer and copies it to the device asynchronously,
+so before planning, the backend waits for the previous plan's copies to have run (an event
+recorded after them; they precede that step's kernels in stream order, so this waits at most
+until the GPU reaches the previous step, never for it to finish).
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ class FlashInferBackend(AttentionBackend):
         self._paged: dict = {}  # layer id -> (k_cache, v_cache) paged views of the pool's buffers
         self._wrapper = None  # the wrapper `forward` runs; None: tree attention (custom mask)
         self._max_qo_len = 0
+        self._plan_copied = torch.cuda.Event()  # recorded after each plan's host-to-device copies
+        self._planned = False
 
     # ---- planning ----------------------------------------------------------------------------
 
@@ -84,6 +92,14 @@ class FlashInferBackend(AttentionBackend):
         last = lens - (pages - 1) * p
         return _host_i32(indptr), page_ids, _host_i32(last)
 
+    def _before_plan(self) -> None:
+        if self._planned:
+            self._plan_copied.synchronize()  # the pinned plan buffers may be rewritten now
+
+    def _after_plan(self) -> None:
+        self._plan_copied.record()
+        self._planned = True
+
     def _common(self) -> dict:
         spec, dtype = self.spec, self.kv_pool.dtype
         return dict(q_data_type=dtype, kv_data_type=dtype, sm_scale=spec.scaling)
@@ -97,15 +113,17 @@ class FlashInferBackend(AttentionBackend):
             self._max_qo_len = max(batch.extend_lens_cpu)
             return
         indptr, page_ids, last = self._page_table(batch)
+        self._before_plan()
         if batch.mode.is_decode:
             self._decode.plan(indptr, page_ids, last, spec.num_heads, spec.num_kv_heads, spec.head_dim,
                               self.page_size, **self._common())
             self._wrapper = self._decode
-            return
-        qo_indptr = _host_i32(np.concatenate([[0], np.cumsum(batch.extend_lens_cpu)]))
-        self._prefill.plan(qo_indptr, indptr, page_ids, last, spec.num_heads, spec.num_kv_heads, spec.head_dim,
-                           self.page_size, head_dim_vo=spec.v_head_dim, causal=True, **self._common())
-        self._wrapper = self._prefill
+        else:
+            qo_indptr = _host_i32(np.concatenate([[0], np.cumsum(batch.extend_lens_cpu)]))
+            self._prefill.plan(qo_indptr, indptr, page_ids, last, spec.num_heads, spec.num_kv_heads, spec.head_dim,
+                               self.page_size, head_dim_vo=spec.v_head_dim, causal=True, **self._common())
+            self._wrapper = self._prefill
+        self._after_plan()
 
     def init_cuda_graph(self, max_batch_size: int, max_kv_indices: int) -> None:
         self._static = (
@@ -130,8 +148,10 @@ class FlashInferBackend(AttentionBackend):
             self._graph_decode[bs] = wrapper
         spec = self.spec
         indptr, page_ids, last = self._page_table(batch)
+        self._before_plan()
         wrapper.plan(indptr, page_ids, last, spec.num_heads, spec.num_kv_heads, spec.head_dim, self.page_size,
                      **self._common())
+        self._after_plan()
         self._wrapper = wrapper
 
     # ---- per layer ---------------------------------------------------------------------------
