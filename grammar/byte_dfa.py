@@ -1,9 +1,12 @@
-"""Byte-level automata: a Thompson NFA over byte ranges, and the DFA built from it.
+"""Byte-level automata: a Thompson NFA over byte ranges, and the lazily built DFA of it.
 
-`ByteNFA` is filled by the regex front end (grammar/regex_dfa.py) and determinized by
-`determinize` (subset construction over byte classes, bounded by a state budget and a deadline),
-then minimized and trimmed: every state of a `ByteDFA` can still reach an accepting state, so a
-transition to -1 (dead) is exactly "this byte can never lead to a match".
+`ByteNFA` is filled by the regex front end (grammar/regex_dfa.py). `ByteDFA` runs subset
+construction on demand (grammar/lazy_table.py): a state is a set of NFA positions, its row is
+built when first needed. A large counted repetition `X{m,n}` is not unrolled: the NFA holds one
+copy of X plus a `Repeat` record, and a position is (NFA state, counters of the enclosing
+repetitions), so `[^"]{0,8192}` costs one copy of `[^"]` until generation gets that far. NFA states that cannot reach the final state are dropped from every set,
+so a transition to -1 (dead) is exactly "this byte can never lead to a match", and every state
+that exists can still reach an accepting state.
 """
 
 from __future__ import annotations
@@ -14,34 +17,123 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import GrammarError
+from .lazy_table import LazyTable
 
 
-@dataclass(frozen=True, eq=False)
-class ByteDFA:
-    """A trimmed, minimal DFA over bytes. State 0 is the start state.
+class ByteDFA(LazyTable):
+    """A DFA over bytes built lazily from a ByteNFA. State 0 is the start state.
 
-    table: int32 [num_states + 1, num_classes]; -1 = dead (no match reachable from there). The
-      last row is all -1, so indexing with state -1 yields -1 (used by the vectorized walks).
-    byte_class: int64 [256], the class of each byte (bytes no transition distinguishes share one).
-    accept: bool [num_states].
+    table / byte_class: see LazyTable; accept: bool [capacity], valid for existing states.
+    nonempty: the empty string is excluded (state 0 is a non-accepting copy of the start).
+    shortest: matching stops at the first accepting state (no transitions out of one), the
+    semantics of a lark terminal written with lazy quantifiers.
     """
 
-    table: np.ndarray
-    byte_class: np.ndarray
-    accept: np.ndarray
+    def __init__(
+        self, nfa: "ByteNFA", start: int, final: int, max_states: int, what: str, nonempty: bool = False, shortest: bool = False
+    ):
+        self.byte_class = _byte_classes(nfa)
+        num_classes = int(self.byte_class.max()) + 1
+        self.accept = np.zeros(0, dtype=bool)
+        super().__init__(num_classes, max_states, what)
+        self._final = (final, ())
+        self._shortest = shortest
+        self._eps = nfa.eps
+        self._counted = nfa.counted
+        self._edges = nfa.edges
+        self._moves: dict[int, dict[int, list[int]]] = {}
+        self._live = _live_states(nfa, final)
+        self._sets: list[frozenset] = []
+        self._index: dict[frozenset, int] = {}
+        start_set = self._closure(((start, ()),))
+        if nonempty:
+            self._sets.append(start_set)
+            self._add_state()
+        else:
+            self._intern(start_set)
+        if not start_set:
+            raise GrammarError(f"{what} matches no string at all")
 
-    @property
-    def num_states(self) -> int:
-        return self.accept.shape[0]
+    def _grow_extra(self, capacity: int) -> None:
+        accept = np.zeros(capacity, dtype=bool)
+        accept[: self.num_states] = self.accept[: self.num_states]
+        self.accept = accept
+
+    def _closure(self, positions) -> frozenset:
+        """Epsilon closure of (NFA state, counters) positions, live ones only."""
+        out: set = set()
+        stack = list(positions)
+        eps, counted = self._eps, self._counted
+        while stack:
+            pos = stack.pop()
+            if pos in out:
+                continue
+            out.add(pos)
+            s, ctr = pos
+            stack.extend([(t, ctr) for t in eps[s]])
+            ops = counted.get(s)
+            if ops:
+                for op, rep in ops:
+                    if op == ENTER:
+                        stack.append((rep.first, ctr + (0,)))
+                        continue
+                    done = ctr[-1] + 1  # copies of the body completed
+                    outer = ctr[:-1]
+                    if rep.max is None:
+                        stack.append((rep.first, outer + (min(done, rep.min),)))
+                    elif done < rep.max:
+                        stack.append((rep.first, outer + (done,)))
+                    if done >= rep.min:
+                        stack.append((rep.end, outer))
+        live = self._live
+        return frozenset(p for p in out if live[p[0]])
+
+    def _intern(self, nfa_states: frozenset) -> int:
+        j = self._index.get(nfa_states)
+        if j is None:
+            j = self._add_state()
+            self._sets.append(nfa_states)
+            self._index[nfa_states] = j
+            self.accept[j] = self._final in nfa_states
+        return j
+
+    def _build_row(self, state: int) -> list[int]:
+        row = [-1] * self.num_classes
+        if self._shortest and self.accept[state]:
+            return row
+        targets: dict[int, set] = {}
+        for s, ctr in self._sets[state]:
+            for c, dsts in self._moves_of(s).items():
+                targets.setdefault(c, set()).update([(d, ctr) for d in dsts])
+        for c, dsts in targets.items():
+            nxt = self._closure(dsts)
+            if nxt:
+                row[c] = self._intern(nxt)
+        return row
+
+    def _moves_of(self, nfa_state: int) -> dict[int, list[int]]:
+        """byte class -> targets of one NFA state (classes partition every edge range exactly)."""
+        moves = self._moves.get(nfa_state)
+        if moves is None:
+            moves = {}
+            cls = self.byte_class
+            for lo, hi, dst in self._edges[nfa_state]:
+                for c in range(int(cls[lo]), int(cls[hi]) + 1):
+                    moves.setdefault(c, []).append(dst)
+            self._moves[nfa_state] = moves
+        return moves
+
+    def is_empty_language(self) -> bool:
+        return not self.accept[0] and bool((self.row(0) < 0).all())
 
     def step(self, state: int, byte: int) -> int:
-        return int(self.table[state, self.byte_class[byte]])
+        return int(self.row(state)[self.byte_class[byte]])
 
     def run(self, data: bytes, state: int = 0) -> int:
         """The state after `data` from `state`; -1 if dead."""
-        table, cls = self.table, self.byte_class
+        cls = self.byte_class
         for b in data:
-            state = int(table[state, cls[b]])
+            state = int(self.row(state)[cls[b]])
             if state < 0:
                 return -1
         return state
@@ -52,204 +144,107 @@ class ByteDFA:
 
     def live_bytes(self, state: int) -> np.ndarray:
         """The bytes (int array) that keep `state` alive."""
-        return np.nonzero(self.table[state, self.byte_class] >= 0)[0]
+        return np.nonzero(self.row(state)[self.byte_class] >= 0)[0]
+
+
+ENTER, NEXT = 0, 1
+
+
+@dataclass(frozen=True)
+class Repeat:
+    """A counted repetition kept as one copy of its body: `first`/`last` are the body's entry
+    and exit states, `end` the state after the repetition; max None = unbounded. Counters
+    saturate at `min` when unbounded."""
+
+    first: int
+    last: int
+    end: int
+    min: int
+    max: int | None
 
 
 @dataclass
 class ByteNFA:
-    """A mutable NFA under construction: byte-range edges and epsilon edges."""
+    """A mutable NFA under construction: byte-range edges and epsilon edges.
+
+    counted: state -> [(ENTER, Repeat)] (start a repetition: push a counter) or [(NEXT, Repeat)]
+      (at the body's exit: loop with counter + 1, and/or leave, popping the counter).
+    cuts: byte values where some edge range starts or ends (+1), for the byte classes.
+    has_dead_ends: set when a character class matches nothing (an edge-less fragment); only then
+    can a state fail to reach the final state, so only then is liveness computed.
+    """
 
     edges: list[list[tuple[int, int, int]]] = field(default_factory=list)  # state -> (lo, hi, target)
     eps: list[list[int]] = field(default_factory=list)
     max_states: int = 1_000_000
     deadline: float = float("inf")  # time.monotonic() limit for building
+    counted: dict[int, list[tuple[int, Repeat]]] = field(default_factory=dict)
+    cuts: set[int] = field(default_factory=lambda: {0})
+    has_dead_ends: bool = False
 
     def new_state(self) -> int:
         n = len(self.edges)
-        if n >= self.max_states:
-            raise GrammarError(f"pattern too large: its automaton exceeds {self.max_states} NFA states")
-        if n & 0xFFF == 0 and time.monotonic() > self.deadline:
-            raise GrammarError("pattern too large: building its automaton ran past the time budget")
+        self._check(n + 1)
         self.edges.append([])
         self.eps.append([])
-        return len(self.edges) - 1
+        return n
+
+    def _check(self, n: int) -> None:
+        if n > self.max_states:
+            raise GrammarError(f"pattern too large: its automaton exceeds {self.max_states} NFA states")
+        if time.monotonic() > self.deadline:
+            raise GrammarError("pattern too large: building its automaton ran past the time budget")
 
     def add_edge(self, src: int, lo: int, hi: int, dst: int) -> None:
         self.edges[src].append((lo, hi, dst))
+        self.cuts.add(lo)
+        self.cuts.add(hi + 1)
 
     def add_eps(self, src: int, dst: int) -> None:
         self.eps[src].append(dst)
 
+    def add_repeat(self, src: int, rep: Repeat) -> None:
+        """`src` starts `rep` (its body's exit `rep.last` gets the loop/leave step)."""
+        self.counted.setdefault(src, []).append((ENTER, rep))
+        self.counted.setdefault(rep.last, []).append((NEXT, rep))
+
+    def clone(self, lo: int, hi: int) -> int:
+        """Append a copy of states lo..hi-1 (a fragment whose edges stay inside it); returns the
+        offset to add to a state id of the fragment to get its copy."""
+        offset = len(self.edges) - lo
+        self._check(len(self.edges) + hi - lo)
+        self.edges.extend([[(a, b, t + offset) for a, b, t in self.edges[s]] for s in range(lo, hi)])
+        self.eps.extend([[t + offset for t in self.eps[s]] for s in range(lo, hi)])
+        return offset
+
 
 def _byte_classes(nfa: ByteNFA) -> np.ndarray:
-    """uint8-ish int array [256]: bytes no edge distinguishes share a class."""
+    """int64 [256]: bytes no edge distinguishes share a class."""
     cuts = np.zeros(257, dtype=bool)
-    cuts[0] = True
-    for edges in nfa.edges:
-        for lo, hi, _ in edges:
-            cuts[lo] = True
-            cuts[hi + 1] = True
+    cuts[sorted(nfa.cuts)] = True
     return np.cumsum(cuts[:256]).astype(np.int64) - 1
 
 
-def determinize(nfa: ByteNFA, start: int, final: int, max_states: int, deadline: float, what: str) -> ByteDFA:
-    """Subset construction, then trimming and minimization.
-
-    Raises GrammarError if the DFA would exceed `max_states` states or the work runs past
-    `deadline` (a time.monotonic() value). `what` names the pattern in error messages.
-    """
-    cls = _byte_classes(nfa)
-    num_classes = int(cls.max()) + 1
-    # per NFA state: class -> targets (classes partition every edge's byte range exactly)
-    moves: list[dict[int, list[int]]] = []
-    for edges in nfa.edges:
-        m: dict[int, list[int]] = {}
-        for lo, hi, dst in edges:
-            for c in range(int(cls[lo]), int(cls[hi]) + 1):
-                m.setdefault(c, []).append(dst)
-        moves.append(m)
-    closure_memo: dict[int, frozenset[int]] = {}
-
-    def closure(states) -> frozenset[int]:
-        out: set[int] = set()
-        stack = list(states)
-        while stack:
-            s = stack.pop()
-            if s in out:
-                continue
-            hit = closure_memo.get(s)
-            if hit is not None:
-                out |= hit
-                continue
-            out.add(s)
-            stack.extend(nfa.eps[s])
-        return frozenset(out)
-
-    for s in range(len(nfa.edges)):
-        if not nfa.eps[s]:
-            closure_memo[s] = frozenset((s,))
-    start_set = closure((start,))
-    index = {start_set: 0}
-    order = [start_set]
-    rows: list[list[int]] = []
-    accepting: list[bool] = []
-    i = 0
-    while i < len(order):
-        if time.monotonic() > deadline:
-            raise GrammarError(f"{what} is too complex: building its automaton ran past the time budget")
-        current = order[i]
-        i += 1
-        targets: dict[int, set[int]] = {}
-        for s in current:
-            for c, dsts in moves[s].items():
-                targets.setdefault(c, set()).update(dsts)
-        row = [-1] * num_classes
-        for c, dsts in targets.items():
-            nxt = closure(dsts)
-            j = index.get(nxt)
-            if j is None:
-                if len(order) >= max_states:
-                    raise GrammarError(
-                        f"{what} is too complex: its automaton exceeds {max_states} states "
-                        "(nested or counted repetition over large character classes?)"
-                    )
-                j = index[nxt] = len(order)
-                order.append(nxt)
-            row[c] = j
-        rows.append(row)
-        accepting.append(final in current)
-    table = np.array(rows, dtype=np.int64).reshape(len(rows), num_classes)
-    table, accept = _trim(table, np.array(accepting, dtype=bool))
-    if table.shape[0] == 0:
-        raise GrammarError(f"{what} matches no string at all")
-    table, accept = _minimize(table, accept, deadline)
-    dead_row = np.full((1, table.shape[1]), -1, dtype=np.int32)
-    return ByteDFA(table=np.vstack([table.astype(np.int32), dead_row]), byte_class=cls, accept=accept)
-
-
-MAX_MINIMIZE_ROUNDS = 64
-
-
-def _minimize(table: np.ndarray, accept: np.ndarray, deadline: float) -> tuple[np.ndarray, np.ndarray]:
-    """Moore partition refinement: merge states with equal futures (the start state stays 0).
-
-    Minimizing only saves per-state mask work, so it is skipped (the DFA returned as is, still
-    exact) when it would take more than MAX_MINIMIZE_ROUNDS rounds or run past the deadline;
-    long counted repetitions such as `[^"]{0,2000}` need one round per position.
-
-    Each round splits blocks by (block, blocks of the successors); rows are compared through a
-    64-bit random hash (cheap 1-D unique), and the final partition is verified exactly, falling
-    back to exact row comparison in the (astronomically unlikely) case of a collision.
-    """
-    n, num_classes = table.shape
-    rng = np.random.default_rng(0x5EED)
-    mult = rng.integers(1, 2**62, size=num_classes + 1, dtype=np.int64) | 1
-    part = accept.astype(np.int64)
-    num = len(np.unique(part))
-    exact = False
-    rounds = 0
-    while True:
-        rounds += 1
-        if rounds > MAX_MINIMIZE_ROUNDS or time.monotonic() > deadline:
-            return table, accept
-        tgt = np.where(table >= 0, part[np.maximum(table, 0)], -1)
-        if exact:
-            _, new_part = np.unique(np.concatenate([part[:, None], tgt], axis=1), axis=0, return_inverse=True)
-        else:
-            with np.errstate(over="ignore"):
-                sig = part * mult[0] + (tgt + 1) @ mult[1:]
-            _, new_part = np.unique(sig, return_inverse=True)
-        new_part = new_part.reshape(-1).astype(np.int64)
-        new_num = int(new_part.max()) + 1
-        part = new_part
-        if new_num == num:
-            if exact or _is_congruence(table, accept, part):
-                break
-            exact = True  # a hash collision merged distinct states: redo the rounds exactly
-            part = accept.astype(np.int64)
-            num = len(np.unique(part))
-            continue
-        num = new_num
-    # renumber blocks in order of first appearance so the start state's block is 0
-    _, first = np.unique(part, return_index=True)
-    rank = np.empty(num, dtype=np.int64)
-    rank[np.argsort(first)] = np.arange(num)
-    part = rank[part]
-    reps = np.sort(first)
-    new_table = np.where(table[reps] >= 0, part[np.maximum(table[reps], 0)], -1)
-    return new_table, accept[reps]
-
-
-def _is_congruence(table: np.ndarray, accept: np.ndarray, part: np.ndarray) -> bool:
-    """True iff states in one block agree on acceptance and on the blocks they move to."""
-    _, first = np.unique(part, return_index=True)
-    rep = first[part]
-    tgt = np.where(table >= 0, part[np.maximum(table, 0)], -1)
-    return bool((accept == accept[rep]).all() and (tgt == tgt[rep]).all())
-
-
-def _trim(table: np.ndarray, accept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Drop states that cannot reach an accepting state (reachability from 0 is given)."""
-    n = table.shape[0]
-    live = accept.copy()
-    while True:
-        nxt = live | (np.where(table >= 0, live[np.maximum(table, 0)], False)).any(axis=1)
-        if (nxt == live).all():
-            break
-        live = nxt
-    if not live[0]:
-        return table[:0], accept[:0]
-    new_id = np.full(n, -1, dtype=np.int64)
-    new_id[live] = np.arange(int(live.sum()))
-    kept = table[live]
-    kept = np.where(kept >= 0, new_id[np.maximum(kept, 0)], -1)
-    return kept, accept[live]
-
-
-def trim_dfa(table: np.ndarray, byte_class: np.ndarray, accept: np.ndarray) -> ByteDFA:
-    """Re-trim a ByteDFA-shaped table (with its dead last row) after removing transitions."""
-    kept, acc = _trim(table[:-1].astype(np.int64), accept)
-    if kept.shape[0] == 0:
-        raise GrammarError("automaton matches no string at all")
-    dead_row = np.full((1, kept.shape[1]), -1, dtype=np.int32)
-    return ByteDFA(table=np.vstack([kept.astype(np.int32), dead_row]), byte_class=byte_class, accept=acc)
+def _live_states(nfa: ByteNFA, final: int) -> list[bool]:
+    """NFA states from which the final state is reachable."""
+    if not nfa.has_dead_ends:  # Thompson fragments without empty classes: every state is live
+        return [True] * len(nfa.edges)
+    preds: list[list[int]] = [[] for _ in nfa.edges]
+    for s, edges in enumerate(nfa.edges):
+        for _, _, dst in edges:
+            preds[dst].append(s)
+        for dst in nfa.eps[s]:
+            preds[dst].append(s)
+    for s, ops in nfa.counted.items():
+        for op, rep in ops:
+            for dst in (rep.first,) if op == ENTER else (rep.first, rep.end):
+                preds[dst].append(s)
+    live = [False] * len(nfa.edges)
+    live[final] = True
+    stack = [final]
+    while stack:
+        for p in preds[stack.pop()]:
+            if not live[p]:
+                live[p] = True
+                stack.append(p)
+    return live

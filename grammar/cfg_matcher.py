@@ -117,7 +117,7 @@ class CompiledCFG(CompiledGrammar):
             return hit
         trie = self._info.trie
         first = None if forest == FULL_FOREST else self._forest_roots[forest]
-        result = trie.walk(first, lexer.table, lexer.byte_class, state, lexer.accept_group)
+        result = trie.walk(first, lexer, state, boundaries=True)
         result.allowed.flags.writeable = False
         branches = []
         for group in np.unique(result.boundary_groups).tolist():

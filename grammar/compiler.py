@@ -11,8 +11,9 @@ alternation, quantifiers `* + ? {n} {n,} {n,m}` (a lazy `?` suffix is accepted a
 same: the automaton matches a set of strings), inline flags `(?i)`, `(?s)`. Any Unicode text is
 matched as UTF-8 bytes, so tokens that split a multi-byte character are handled. Rejected with
 `GrammarError` naming the construct: backreferences, lookahead/lookbehind, `\\b \\B \\A \\Z`,
-`^`/`$` elsewhere, `\\p{..}`, conditionals. Automata over `max_dfa_states` states or taking
-longer than `timeout_s` to build are rejected too.
+`^`/`$` elsewhere, `\\p{..}`, conditionals. Patterns whose NFA is over 200k states or takes
+longer than `timeout_s` to build are rejected too; DFAs are built lazily (state by state as
+generation reaches them), so a pathological pattern such as `(a|b)*a(a|b){20}` compiles at once.
 
 grammar (`compile_grammar`): lark grammar text, loaded by lark's own grammar loader (rules,
 `?rule` inlining, templates, EBNF `? * + [] ~`, string literals incl. `"..."i`, regex terminals
@@ -46,13 +47,14 @@ KINDS = ("regex", "grammar", "json_schema")
 
 @dataclass(frozen=True)
 class CompileOptions:
-    """Budgets that bound compile time for pathological constraints.
+    """Budgets that bound the work for pathological constraints.
 
-    max_dfa_states: limit on the states of any one byte DFA (a regex or one lark terminal).
-    timeout_s: limit on the wall time spent building one automaton.
+    max_dfa_states: limit on the states of any one automaton (a regex, a lark terminal, a
+      lexer); DFAs are built lazily, so this bounds memory while masks are computed.
+    timeout_s: limit on the wall time spent building one regex's NFA.
     """
 
-    max_dfa_states: int = 50_000
+    max_dfa_states: int = 250_000
     timeout_s: float = 10.0
 
 

@@ -11,12 +11,9 @@ it (grammar/cfg_matcher.py).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-
 import numpy as np
 
-from .byte_dfa import ByteDFA
-from .errors import GrammarError
+from .lazy_table import LazyTable
 
 
 class GroupTable:
@@ -42,71 +39,65 @@ class GroupTable:
         return gid
 
 
-@dataclass(frozen=True, eq=False)
-class Lexer:
-    """Product DFA over `terminals` (same layout as ByteDFA: a dead last row) plus accept groups.
+class Lexer(LazyTable):
+    """Lazily built product DFA over `terminals` (layout of LazyTable) plus accept groups.
 
-    table: int32 [S + 1, C]; byte_class: [256]; accept_group: int64 [S + 1] (-1: no terminal
-    ends here; last entry -1).
+    accept_group: int64 [capacity + 1]: the group of terminals the lexeme so far completes, or
+    -1 (also at index -1, the dead state). State 0 is the empty lexeme, never re-entered.
     """
 
-    lexer_id: int
-    terminals: tuple[int, ...]
-    table: np.ndarray
-    byte_class: np.ndarray
-    accept_group: np.ndarray
+    def __init__(self, lexer_id: int, terminals: tuple[int, ...], dfas: tuple, groups: GroupTable, max_states: int):
+        self.lexer_id = lexer_id
+        self.terminals = terminals
+        self._parts = [dfas[t] for t in terminals]
+        if terminals:
+            joint, byte_class = np.unique(np.stack([d.byte_class for d in self._parts]), axis=1, return_inverse=True)
+            self.byte_class = byte_class.reshape(-1).astype(np.int64)
+        else:
+            joint = np.zeros((0, 1), dtype=np.int64)
+            self.byte_class = np.zeros(256, dtype=np.int64)
+        self._joint = joint.tolist()  # [part][joint class] -> that part's byte class
+        self._groups = groups
+        self.accept_group = np.full(1, -1, dtype=np.int64)
+        super().__init__(joint.shape[1], max_states, f"the lexer for terminals {list(terminals)[:8]}")
+        self._tuples: list[tuple] = [tuple((k, 0) for k in range(len(self._parts)))]
+        self._index: dict[tuple, int] = {}
+        self._add_state()
+
+    def _grow_extra(self, capacity: int) -> None:
+        group = np.full(capacity + 1, -1, dtype=np.int64)
+        group[: self.num_states] = self.accept_group[: self.num_states]
+        self.accept_group = group
+
+    def _intern(self, parts: tuple) -> int:
+        j = self._index.get(parts)
+        if j is None:
+            j = self._add_state()
+            self._tuples.append(parts)
+            self._index[parts] = j
+            done = frozenset(self.terminals[k] for k, s in parts if self._parts[k].accept[s])
+            if done:
+                self.accept_group[j] = self._groups.intern(done)
+        return j
+
+    def _build_row(self, state: int) -> list[int]:
+        current = self._tuples[state]
+        rows = [(k, self._parts[k].row(s).tolist(), self._joint[k]) for k, s in current]
+        out = []
+        for c in range(self.num_classes):
+            nxt = tuple((k, n) for k, row, joint in rows if (n := row[joint[c]]) >= 0)
+            out.append(self._intern(nxt) if nxt else -1)
+        return out
 
     def step(self, state: int, byte: int) -> int:
-        return int(self.table[state, self.byte_class[byte]])
+        return int(self.row(state)[self.byte_class[byte]])
 
     def live_bytes(self, state: int) -> np.ndarray:
-        return np.nonzero(self.table[state, self.byte_class] >= 0)[0]
+        return np.nonzero(self.row(state)[self.byte_class] >= 0)[0]
 
 
 def build_lexer(
-    lexer_id: int, terminals: tuple[int, ...], dfas: tuple[ByteDFA, ...], groups: GroupTable, max_states: int
+    lexer_id: int, terminals: tuple[int, ...], dfas: tuple, groups: GroupTable, max_states: int
 ) -> Lexer:
-    """Breadth-first product construction over the joint byte classes of `terminals`."""
-    if not terminals:
-        table = np.full((2, 1), -1, dtype=np.int32)
-        return Lexer(lexer_id, terminals, table, np.zeros(256, dtype=np.int64), np.full(2, -1, dtype=np.int64))
-    parts = [dfas[t] for t in terminals]
-    joint, byte_class = np.unique(np.stack([d.byte_class for d in parts]), axis=1, return_inverse=True)
-    byte_class = byte_class.reshape(-1).astype(np.int64)
-    num_classes = joint.shape[1]
-    # per terminal: [state][joint class] -> next state, as Python lists (scalar access is hot)
-    rows = [d.table[:, joint[k]].tolist() for k, d in enumerate(parts)]
-    accepts = [d.accept.tolist() for d in parts]
-    start = tuple((k, 0) for k in range(len(parts)))
-    order: list[tuple] = [start]
-    index: dict[tuple, int] = {}
-    table: list[list[int]] = []
-    i = 0
-    while i < len(order):
-        current = order[i]
-        i += 1
-        row = []
-        for c in range(num_classes):
-            nxt = tuple((k, n) for k, s in current if (n := rows[k][s][c]) >= 0)
-            if not nxt:
-                row.append(-1)
-                continue
-            j = index.get(nxt)
-            if j is None:
-                if len(order) >= max_states:
-                    raise GrammarError(
-                        f"grammar too complex: the lexer for terminals {list(terminals)} exceeds {max_states} states"
-                    )
-                j = index[nxt] = len(order)
-                order.append(nxt)
-            row.append(j)
-        table.append(row)
-    accept_group = [-1] * (len(order) + 1)
-    for j, state in enumerate(order):
-        done = frozenset(terminals[k] for k, s in state if accepts[k][s])
-        if done and j:
-            accept_group[j] = groups.intern(done)
-    table.append([-1] * num_classes)
-    return Lexer(
-        lexer_id, terminals, np.array(table, dtype=np.int32), byte_class, np.array(accept_group, dtype=np.int64)
-    )
+    """The lexer over `terminals` (its rows are built as walks and steps reach them)."""
+    return Lexer(lexer_id, terminals, dfas, groups, max_states)

@@ -2,8 +2,8 @@
 
 interegular's own FSM works on characters and cannot be bounded in time, so only its parser is
 used: its pattern tree is turned into a Thompson NFA whose character-class edges are expanded to
-UTF-8 byte-range chains (grammar/utf8.py), then determinized under the budgets of
-`CompileOptions`. The supported syntax is listed in grammar/compiler.py.
+UTF-8 byte-range chains (grammar/utf8.py) and determinized lazily (grammar/byte_dfa.py); the
+budgets of `CompileOptions` bound the NFA's construction time and the DFA's state count. The supported syntax is listed in grammar/compiler.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import interegular
 from interegular import patterns as ip
 
-from .byte_dfa import ByteDFA, ByteNFA, determinize
+from .byte_dfa import ByteDFA, ByteNFA, Repeat
 from .errors import GrammarError
 from .utf8 import MAX_CODE_POINT, utf8_sequences
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .compiler import CompileOptions
 
 MAX_NFA_STATES = 200_000
+MAX_UNROLLED_COPIES = 8  # larger counted repetitions keep one body and a counter
 _UNSUPPORTED_ESCAPES = {
     "b": "word boundary \\b",
     "B": "non-word-boundary \\B",
@@ -37,13 +38,17 @@ _UNSUPPORTED_ESCAPES = {
 }
 
 
-def regex_to_dfa(pattern: str, options: "CompileOptions | None" = None) -> ByteDFA:
-    """The trimmed minimal byte DFA of `pattern` (whole-string match). GrammarError if unsupported."""
+def regex_to_dfa(
+    pattern: str, options: "CompileOptions | None" = None, nonempty: bool = False, shortest: bool = False
+) -> ByteDFA:
+    """The (lazily built) byte DFA of `pattern`, whole-string match; GrammarError if unsupported.
+
+    nonempty / shortest: see ByteDFA. Results are shared (cached by arguments)."""
     if options is None:
         from .compiler import CompileOptions
 
         options = CompileOptions()
-    return _regex_to_dfa_cached(pattern, options.max_dfa_states, options.timeout_s)
+    return _regex_to_dfa_cached(pattern, options.max_dfa_states, options.timeout_s, nonempty, shortest)
 
 
 def literal_to_dfa(text: str) -> ByteDFA:
@@ -52,7 +57,7 @@ def literal_to_dfa(text: str) -> ByteDFA:
 
 
 @lru_cache(maxsize=1024)
-def _regex_to_dfa_cached(pattern: str, max_states: int, timeout_s: float) -> ByteDFA:
+def _regex_to_dfa_cached(pattern: str, max_states: int, timeout_s: float, nonempty: bool, shortest: bool) -> ByteDFA:
     deadline = time.monotonic() + timeout_s
     tree = parse_regex(pattern)
     nfa = ByteNFA(max_states=MAX_NFA_STATES, deadline=deadline)
@@ -61,7 +66,7 @@ def _regex_to_dfa_cached(pattern: str, max_states: int, timeout_s: float) -> Byt
         start, final = builder.fragment(tree, ip.REFlags(0))
     except RecursionError:
         raise GrammarError(f"regex {_short(pattern)} is nested too deeply") from None
-    return determinize(nfa, start, final, max_states, deadline, what=f"regex {_short(pattern)}")
+    return ByteDFA(nfa, start, final, max_states, f"regex {_short(pattern)}", nonempty=nonempty, shortest=shortest)
 
 
 def parse_regex(pattern: str) -> "ip.Pattern":
@@ -213,22 +218,37 @@ class _NFABuilder:
         raise GrammarError(f"unsupported regex construct {type(node).__name__}")
 
     def _repeat(self, node, flags) -> tuple[int, int]:
+        """Small repetitions: copies of the body (built once, then cloned). Large counted ones
+        (`{0,375}` for a maxLength is common in generated regexes): one body and a counter."""
         nfa = self.nfa
-        s = cur = nfa.new_state()
-        for _ in range(node.min):
+        copies = node.min + (1 if node.max is None else node.max - node.min)
+        if copies == 0:
+            s = nfa.new_state()
+            return s, s
+        if copies > MAX_UNROLLED_COPIES:
+            s, end = nfa.new_state(), nfa.new_state()
             a, b = self.fragment(node.base, flags)
+            nfa.add_repeat(s, Repeat(first=a, last=b, end=end, min=node.min, max=node.max))
+            if node.min == 0:
+                nfa.add_eps(s, end)
+            return s, end
+        lo = len(nfa.edges)
+        a, b = self.fragment(node.base, flags)
+        hi = len(nfa.edges)
+        frags = [(a, b)] + [(a + off, b + off) for off in (nfa.clone(lo, hi) for _ in range(copies - 1))]
+        s = cur = nfa.new_state()
+        for a, b in frags[: node.min]:
             nfa.add_eps(cur, a)
             cur = b
         if node.max is None:
+            a, b = frags[-1]
             hub = nfa.new_state()
             nfa.add_eps(cur, hub)
-            a, b = self.fragment(node.base, flags)
             nfa.add_eps(hub, a)
             nfa.add_eps(b, hub)
             return s, hub
         end = nfa.new_state()
-        for _ in range(node.max - node.min):
-            a, b = self.fragment(node.base, flags)
+        for a, b in frags[node.min :]:
             nfa.add_eps(cur, end)
             nfa.add_eps(cur, a)
             cur = b
@@ -243,6 +263,8 @@ class _NFABuilder:
             self._seq_memo[key] = seqs
         nfa = self.nfa
         s, e = nfa.new_state(), nfa.new_state()
+        if not seqs:
+            nfa.has_dead_ends = True
         for seq in seqs:
             cur = s
             for k, (lo, hi) in enumerate(seq):

@@ -53,7 +53,7 @@ class CompiledRegex(CompiledGrammar):
         mask = self._masks.get(state)
         if mask is None:
             trie = self._info.trie
-            mask = trie.walk(None, self.dfa.table, self.dfa.byte_class, state).allowed
+            mask = trie.walk(None, self.dfa, state).allowed
             mask.flags.writeable = False
             with self._lock:
                 mask = self._masks.setdefault(state, mask)

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from .bitmask import pack_bool_mask
+from .lazy_table import LazyTable
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,42 +63,35 @@ class TokenTrie:
         bounds = np.searchsorted(self.node_depth, np.arange(self.max_depth + 2))
         self.levels = [(int(bounds[d]), int(bounds[d + 1])) for d in range(1, self.max_depth + 1)]
 
-    def walk(
-        self,
-        first_nodes: np.ndarray | None,
-        table: np.ndarray,
-        byte_class: np.ndarray,
-        start: int,
-        accept_group: np.ndarray | None = None,
-    ) -> WalkResult:
-        """Walk the subtrees under `first_nodes` (None: the whole trie) through a DFA whose state
-        before them is `start`.
+    def walk(self, first_nodes: np.ndarray | None, dfa: LazyTable, start: int, boundaries: bool = False) -> WalkResult:
+        """Walk the subtrees under `first_nodes` (None: the whole trie) through `dfa` (a
+        ByteDFA or a Lexer) whose state before them is `start`.
 
-        table: int32 [S + 1, C] with an all -1 last row; byte_class: [256];
-        accept_group: int [S + 1] (-1 = the state ends no lexeme; last entry -1), or None when
-        the DFA's end is the end of everything (a plain regex): then no boundaries are reported.
+        boundaries: report lexeme ends (needs `dfa.accept_group`: int [capacity + 1], -1 = the
+        state ends no lexeme); False for a plain regex, whose end is the end of everything.
         """
         # state[n] = DFA state after node n's bytes, -1 = dead or not visited; state[-1] stays -1
         # so that token_node == -1 (special tokens) reads as dead.
         state = np.full(self.num_nodes + 1, -1, dtype=np.int32)
-        boundaries: list[tuple[np.ndarray, np.ndarray]] = []
+        found: list[tuple[np.ndarray, np.ndarray]] | None = [] if boundaries else None
         if first_nodes is None:
-            self._walk_levels(state, table, byte_class, start, accept_group, boundaries)
+            self._walk_levels(state, dfa, start, found)
         else:
-            self._walk_frontier(state, first_nodes, table, byte_class, start, accept_group, boundaries)
+            self._walk_frontier(state, first_nodes, dfa, start, found)
         allowed = state[self.token_node] >= 0
         packed = pack_bool_mask(allowed, self.num_words)
-        if boundaries:
-            nodes = np.concatenate([b[0] for b in boundaries])
-            groups = np.concatenate([b[1] for b in boundaries]).astype(np.int64)
+        if found:
+            nodes = np.concatenate([b[0] for b in found])
+            groups = np.concatenate([b[1] for b in found]).astype(np.int64)
             return WalkResult(packed, nodes, groups)
         empty = np.zeros(0, dtype=np.int64)
         return WalkResult(packed, empty, empty)
 
-    def _walk_levels(self, state, table, byte_class, start, accept_group, boundaries) -> None:
+    def _walk_levels(self, state, dfa, start, found) -> None:
         """Whole-trie walk, one level at a time: a level where many nodes are live is processed
         densely (contiguous slices), a sparse one only at the children of live nodes."""
         state[0] = start
+        byte_class = dfa.byte_class
         live = np.zeros(1, dtype=np.int64)  # live nodes of the previous level (the root)
         for lo, hi in self.levels:
             first = self.child_lo[live]
@@ -105,6 +99,7 @@ class TokenTrie:
             total = int(count.sum())
             if total == 0:
                 return
+            table = dfa.ensure(state[live])
             if 4 * total >= hi - lo:
                 prev = state[self.node_parent[lo:hi]]
                 nxt = table[prev, byte_class[self.node_byte[lo:hi]]]
@@ -116,26 +111,28 @@ class TokenTrie:
                 nxt = table[prev, byte_class[self.node_byte[nodes]]]
                 state[nodes] = nxt
             ok = nxt >= 0
-            if accept_group is not None:
-                group = accept_group[prev]
+            if found is not None:
+                group = dfa.accept_group[prev]
                 hit = ~ok & (group >= 0)
                 if hit.any():
                     hit_nodes = lo + np.flatnonzero(hit) if nodes is None else nodes[hit]
-                    boundaries.append((hit_nodes, group[hit]))
+                    found.append((hit_nodes, group[hit]))
             live = lo + np.flatnonzero(ok) if nodes is None else nodes[ok]
 
-    def _walk_frontier(self, state, frontier, table, byte_class, start, accept_group, boundaries) -> None:
+    def _walk_frontier(self, state, frontier, dfa, start, found) -> None:
         """Walk of subtrees whose roots may sit at different depths: frontier by frontier."""
         prev = np.full(frontier.shape[0], start, dtype=np.int32)
+        byte_class = dfa.byte_class
         while frontier.shape[0]:
+            table = dfa.ensure(prev)
             nxt = table[prev, byte_class[self.node_byte[frontier]]]
             state[frontier] = nxt
             ok = nxt >= 0
-            if accept_group is not None:
-                group = accept_group[prev]
+            if found is not None:
+                group = dfa.accept_group[prev]
                 hit = ~ok & (group >= 0)
                 if hit.any():
-                    boundaries.append((frontier[hit], group[hit]))
+                    found.append((frontier[hit], group[hit]))
             live = frontier[ok]
             first = self.child_lo[live]
             count = self.child_hi[live] - first

@@ -25,6 +25,11 @@ PATTERNS = [
     r"[\u00e0-\u00ff\u4e00-\u4e10]+",
     r"x{0}y?",
     r"^abc$",
+    r"[a-c ]{1,12}",  # counted repetitions above the unroll limit keep a counter
+    r"(ab|c){2,12}d",
+    r"(x{2,10}y){3,15}",
+    r"(a?){0,50}b",
+    r"(ab){10,}",
 ]
 ALPHABET = "abcdefhlorwxyz019-+.eE@\"\\\n àéöÖ你好"
 
@@ -35,6 +40,7 @@ def test_dfa_agrees_with_re_fullmatch(pattern):
     compiled = re.compile(pattern.strip("^$"), re.ASCII)  # \d \w \s are ASCII classes here
     rng = random.Random(pattern)
     samples = ["".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 8))) for _ in range(1500)]
+    samples += ["ab" * 10, "ab" * 40, "abc" * 4, "x" * 10 + "y", ("xxy") * 15 + "d", "a" * 49 + "b"]
     samples += ["123", "-0.5e+3", "ab-cd", "HELLO", "wörld", '"a\\"b"', "abcc", "x\n", "a\nb", "a@b.com", "éà你", "y", "abc"]
     for s in samples:
         assert dfa.matches(s.encode()) == bool(compiled.fullmatch(s)), (pattern, s)
@@ -95,16 +101,31 @@ def test_unsupported_constructs_raise_clear_errors(pattern, message):
     assert issubclass(GrammarError, ValueError)
 
 
-@pytest.mark.parametrize("pattern", [r"(a|b)*a(a|b){24}", r"(.*a){3}.{30}", r"(x{500}){500}"])
-def test_pathological_regexes_fail_fast(pattern):
+@pytest.mark.parametrize("pattern", [r"(a|b)*a(a|b){24}", r"(.*a){3}.{30}", r"[^\"]{0,2000}"])
+def test_pathological_regexes_compile_fast_because_dfas_are_lazy(pattern):
     start = time.monotonic()
-    with pytest.raises(GrammarError, match="too (complex|large)"):
-        regex_to_dfa(pattern, CompileOptions(max_dfa_states=5000, timeout_s=2.0))
-    assert time.monotonic() - start < 4.0
+    dfa = regex_to_dfa(pattern, CompileOptions(timeout_s=5.0))
+    assert time.monotonic() - start < 5.0 and dfa.num_states < 10
+    rng = random.Random(0)
+    for _ in range(50):
+        s = "".join(rng.choice("ab\"") for _ in range(rng.randint(0, 60)))
+        assert dfa.matches(s.encode()) == bool(re.fullmatch(pattern, s, re.DOTALL if "(.*" not in pattern else 0))
 
 
-def test_compile_timeout_is_enforced():
+def test_state_budget_is_a_clear_error():
+    dfa = regex_to_dfa(r"(a|b)*a(a|b){14}", CompileOptions(max_dfa_states=200))
+    rng = random.Random(1)
+    with pytest.raises(GrammarError, match="exceeds 200 states"):
+        dfa.run(bytes(rng.choice(b"ab") for _ in range(400)))
+
+
+def test_nfa_budget_and_timeout_are_enforced(monkeypatch):
+    from lmlang.grammar import regex_dfa
+
+    monkeypatch.setattr(regex_dfa, "MAX_NFA_STATES", 1000)
     start = time.monotonic()
+    with pytest.raises(GrammarError, match="too large"):
+        regex_to_dfa(r"(((y{8}){8}){8}){4}", CompileOptions(timeout_s=2.0))
     with pytest.raises(GrammarError, match="time budget"):
-        regex_to_dfa(r"[^\"]{0,3000}z", CompileOptions(max_dfa_states=10**6, timeout_s=0.3))
-    assert time.monotonic() - start < 3.0
+        regex_to_dfa(r"[^\"]{0,4500}z", CompileOptions(timeout_s=0.0))
+    assert time.monotonic() - start < 5.0
