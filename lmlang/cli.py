@@ -16,7 +16,7 @@ import runpy
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-from lmlang.cli_options import add_engine_options, engine_kwargs, load_engine, loading
+from lmlang.cli_options import add_engine_options, engine_kwargs, load_engine, loading, with_progress
 
 _DESCRIPTION = """\
 lmlang: a structured-generation language for LLMs, embedded in Python, with its own runtime.
@@ -151,7 +151,7 @@ def _run(args: argparse.Namespace, program_args: list) -> int:
 def _backend(args: argparse.Namespace, ll: Any) -> Any:
     if args.model:
         with loading(args.model):
-            return ll.Engine(args.model, **engine_kwargs(args))
+            return ll.Engine(args.model, **with_progress(engine_kwargs(args)))
     if args.endpoint:
         return ll.RuntimeEndpoint(args.endpoint, api_key=args.api_key)
     if args.openai:

@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import os
 import sys
-import threading
 import time
 from typing import Any, Iterator
 
@@ -67,12 +66,17 @@ def load_engine(model_path: str, kwargs: dict) -> Any:
     from lmlang.runtime import Engine
 
     with loading(model_path):
-        return Engine(model_path, **kwargs)
+        return Engine(model_path, **with_progress(kwargs))
+
+
+def with_progress(kwargs: dict) -> dict:
+    """Engine arguments plus a weight-loading progress bar when stderr is a terminal."""
+    return {"show_progress": sys.stderr.isatty(), **kwargs}
 
 
 @contextlib.contextmanager
 def loading(model_path: str) -> Iterator[None]:
-    """Says what is being loaded, shows the elapsed time on a terminal, then how long it took."""
+    """Says what is being loaded, then how long it took (the engine core draws the progress bar)."""
     if not os.path.isdir(model_path):
         raise FileNotFoundError(f"no such model directory: {model_path} (give a Hugging Face checkpoint directory)")
     files = sorted(f for f in os.listdir(model_path) if f.endswith(".safetensors"))
@@ -80,36 +84,5 @@ def loading(model_path: str) -> Iterator[None]:
     print(f"lmlang: loading {model_path} ({len(files)} weight file(s), {size / 2**20:.1f} MiB)", file=sys.stderr,
           flush=True)
     start = time.perf_counter()
-    with _Spinner(f"loading {os.path.basename(model_path.rstrip(os.sep)) or model_path}"):
-        yield
+    yield
     print(f"lmlang: model ready in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
-
-
-class _Spinner:
-    """An elapsed-time bar on a terminal while something loads (silent when stderr is a file)."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.stop = threading.Event()
-        self.thread = None
-        self.bar = None
-
-    def __enter__(self) -> "_Spinner":
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=None, desc=self.label, bar_format="{desc}: {elapsed}", file=sys.stderr, leave=False)
-            self.thread = threading.Thread(target=self._tick, daemon=True)
-            self.thread.start()
-        return self
-
-    def _tick(self) -> None:
-        while not self.stop.wait(0.25):
-            self.bar.refresh()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join()
-        if self.bar is not None:
-            self.bar.close()
