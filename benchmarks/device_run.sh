@@ -17,6 +17,8 @@
 #   one_batch        one_batch.py on Llama-3.1-8B: the full grid and eager / graph / compile+graph
 #   one_batch_qwen   one_batch.py on Qwen3-8B: batch 1 / 64 / 256 at ctx 1024, prefill 8192
 #   serving          serving.py shared-prefix (radix, block, none) with the transformers peer
+#   serving_random   serving.py random: 256 requests of 512..1024 tokens, 256 out, radix
+#   kernels_decode   benchmarks/kernels.py --only decode_attention
 #   cache_out        tar the FlashInfer JIT cache into $OUT (carry it back as .cache/fi_cache.tgz)
 set -u
 OUT=${OUT:-/tmp/lmlang-out}
@@ -49,7 +51,7 @@ LLAMA=benchmarks/configs/llama31_8b.json
 for s in "$@"; do
   case $s in
     setup) step setup 240 bash -c "$(declare -f setup); setup" ;;
-    tests) step tests 330 "${PYTEST[@]}" tests/runtime/test_attention_backends.py tests/runtime/test_gpu_cuda_graph.py \
+    tests) step tests 300 "${PYTEST[@]}" tests/runtime/test_attention_backends.py tests/runtime/test_gpu_cuda_graph.py \
       tests/runtime/test_gpu_parity.py -s ;;
     tests_backends) step tests_backends 120 "${PYTEST[@]}" tests/runtime/test_attention_backends.py ;;
     kernels_tests) step kernels_tests 240 "${PYTEST[@]}" tests/kernels ;;
@@ -61,10 +63,14 @@ for s in "$@"; do
       --out "$OUT/one_batch_triton.json" --batch 1,64 --ctx 1024 --prefill 8192 --compare-modes "" \
       --profile 1:1024,64:1024 --attention-backend triton ;;
     one_batch) step one_batch 330 python3 benchmarks/one_batch.py --config $LLAMA --out "$OUT/one_batch.json" ;;
-    one_batch_qwen) step one_batch_qwen 300 python3 benchmarks/one_batch.py --config benchmarks/configs/qwen3_8b.json \
+    one_batch_qwen) step one_batch_qwen 120 python3 benchmarks/one_batch.py --config benchmarks/configs/qwen3_8b.json \
       --out "$OUT/one_batch_qwen.json" --batch 1,64,256 --ctx 1024 --prefill 8192 --compare-modes "" ;;
-    serving) step serving 300 python3 benchmarks/serving.py --config $LLAMA --out "$OUT/serving.json" \
+    serving) step serving 240 python3 benchmarks/serving.py --config $LLAMA --out "$OUT/serving.json" \
       --dataset shared-prefix --prefix-caches radix,block,none --peer-hf ;;
+    serving_random) step serving_random 200 python3 benchmarks/serving.py --config $LLAMA --out "$OUT/serving_random.json" \
+      --dataset random --num-requests 256 --input-len 1024 --output-len 256 --prefix-caches radix ;;
+    kernels_decode) step kernels_decode 90 python3 benchmarks/kernels.py --only decode_attention \
+      --out "$OUT/kernels_decode.json" ;;
     cache_out) step cache_out 60 tar -czf "$OUT/fi_cache.tgz" -C .cache flashinfer ;;
     *) echo "unknown step $s"; exit 2 ;;
   esac

@@ -25,7 +25,9 @@ from typing import Callable, Optional
 import torch
 from triton.testing import do_bench
 
-from lmlang.kernels import activation, bitmask, fp8, fused_moe, kv_store, mla_decode, rmsnorm, rotary, tree_attention
+from lmlang.kernels import (
+    activation, bitmask, decode_attention, fp8, fused_moe, kv_store, mla_decode, rmsnorm, rotary, tree_attention,
+)
 
 DEV = "cuda"
 BF16 = torch.bfloat16
@@ -240,8 +242,26 @@ def attention_cases() -> list[Case]:
     return out
 
 
+def decode_attention_cases() -> list[Case]:
+    """GQA decode (Llama-3.1-8B: 32 query / 8 KV heads of 128) over scattered slots; bytes = K and V read."""
+    out, slots = [], 2_200_000
+    k_buf, v_buf = _rand(slots, 8, 128), _rand(slots, 8, 128)
+    for b, ctx, splits in ((1, 1024, 16), (1, 8192, 16), (64, 1024, 1), (256, 1024, 1), (32, 8192, 2)):
+        kv_indptr, kv_indices = _csr([ctx] * b, slots)
+        q = _rand(b, 32, 128)
+        args = (q, k_buf, v_buf, kv_indptr, kv_indices, 128**-0.5)
+        out.append(Case(
+            "decode_attention", f"llama8b B={b} ctx={ctx} splits={splits}",
+            lambda a=args, s=splits: decode_attention.decode_attention(*a, num_kv_splits=s),
+            lambda a=args: decode_attention.ref_decode_attention(*a),
+            bytes_moved=b * ctx * 8 * 256 * 2,
+        ))
+    return out
+
+
 GROUPS = (
     norm_cases, rotary_cases, activation_cases, kv_store_cases, bitmask_cases, fp8_cases, moe_cases, attention_cases,
+    decode_attention_cases,
 )
 
 
