@@ -19,6 +19,7 @@
 #   serving          serving.py shared-prefix (radix, block, none) with the transformers peer
 #   serving_random   serving.py random: 256 requests of 512..1024 tokens, 256 out, radix
 #   kernels_decode   benchmarks/kernels.py --only decode_attention
+#   bundle           (last) pack every log and JSON under $OUT into bundle.tgz
 #   cache_out        tar the FlashInfer JIT cache into $OUT (carry it back as .cache/fi_cache.tgz)
 set -u
 OUT=${OUT:-/tmp/lmlang-out}
@@ -72,6 +73,7 @@ for s in "$@"; do
     kernels_decode) step kernels_decode 90 python3 benchmarks/kernels.py --only decode_attention \
       --out "$OUT/kernels_decode.json" ;;
     cache_out) step cache_out 60 tar -czf "$OUT/fi_cache.tgz" -C .cache flashinfer ;;
+    bundle) (cd "$OUT" && tar -czf bundle.tgz --remove-files ./*.log ./*.json) ;;  # one file back, not many
     *) echo "unknown step $s"; exit 2 ;;
   esac
 done
