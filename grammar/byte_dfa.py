@@ -12,12 +12,15 @@ that exists can still reach an accepting state.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .errors import GrammarError
 from .lazy_table import LazyTable
+
+
+UNBOUNDED = -1  # the "copies left before max" of a repetition without max
 
 
 class ByteDFA(LazyTable):
@@ -27,21 +30,42 @@ class ByteDFA(LazyTable):
     nonempty: the empty string is excluded (state 0 is a non-accepting copy of the start).
     shortest: matching stops at the first accepting state (no transitions out of one), the
     semantics of a lark terminal written with lazy quantifiers.
+
+    A position's counters are, per enclosing counted repetition, (copies still needed to reach
+    min, copies still allowed before max). With a `horizon` (a *view*, see `view`), a distance
+    beyond the horizon is replaced by FAR = horizon + 1 and stays FAR: exact for any input of at
+    most `horizon` bytes because every copy of a counted body takes at least a byte. Token
+    masks only look `horizon` = longest-token bytes ahead, so they are computed on the view,
+    where all positions of `[^"]{0,375}` far from both ends are one state.
     """
 
     def __init__(
-        self, nfa: "ByteNFA", start: int, final: int, max_states: int, what: str, nonempty: bool = False, shortest: bool = False
+        self,
+        nfa: "ByteNFA",
+        start: int,
+        final: int,
+        max_states: int,
+        what: str,
+        nonempty: bool = False,
+        shortest: bool = False,
+        horizon: int | None = None,
     ):
         self.byte_class = _byte_classes(nfa)
         num_classes = int(self.byte_class.max()) + 1
         self.accept = np.zeros(0, dtype=bool)
         super().__init__(num_classes, max_states, what)
+        self._args = (nfa, start, final, max_states, what, nonempty, shortest)
+        self._far = None if horizon is None else horizon + 1
+        self._views: dict[int, ByteDFA] = {}
+        self._to_view: dict[int, int] = {}
         self._final = (final, ())
         self._shortest = shortest
         self._eps = nfa.eps
         self._counted = nfa.counted
         self._edges = nfa.edges
-        self._moves: dict[int, dict[int, list[int]]] = {}
+        self._moves: dict[int, tuple[list[int], list[tuple[int, ...]]]] = {}
+        self._closures: dict[tuple, frozenset] = {}
+        self._steps: dict[frozenset, int] = {}  # moved-to positions -> the state of their closure
         self._live = _live_states(nfa, final)
         self._sets: list[frozenset] = []
         self._index: dict[frozenset, int] = {}
@@ -60,9 +84,19 @@ class ByteDFA(LazyTable):
         self.accept = accept
 
     def _closure(self, positions) -> frozenset:
-        """Epsilon closure of (NFA state, counters) positions, live ones only."""
+        """Epsilon closure of a set of (NFA state, counters) positions, live ones only."""
+        memo = self._closures
         out: set = set()
-        stack = list(positions)
+        for pos in positions:
+            hit = memo.get(pos)
+            if hit is None:
+                hit = memo[pos] = self._closure_of(pos)
+            out |= hit
+        return frozenset(out)
+
+    def _closure_of(self, start: tuple) -> frozenset:
+        out: set = set()
+        stack = [start]
         eps, counted = self._eps, self._counted
         while stack:
             pos = stack.pop()
@@ -74,16 +108,19 @@ class ByteDFA(LazyTable):
             ops = counted.get(s)
             if ops:
                 for op, rep in ops:
+                    far = self._far
                     if op == ENTER:
-                        stack.append((rep.first, ctr + (0,)))
+                        need = rep.min if far is None else min(rep.min, far)
+                        left = UNBOUNDED if rep.max is None else rep.max if far is None else min(rep.max, far)
+                        stack.append((rep.first, ctr + ((need, left),)))
                         continue
-                    done = ctr[-1] + 1  # copies of the body completed
+                    need, left = ctr[-1]  # one more copy of the body is complete
                     outer = ctr[:-1]
-                    if rep.max is None:
-                        stack.append((rep.first, outer + (min(done, rep.min),)))
-                    elif done < rep.max:
-                        stack.append((rep.first, outer + (done,)))
-                    if done >= rep.min:
+                    need = need if need == far else max(need - 1, 0)
+                    left = left if left in (far, UNBOUNDED) else left - 1
+                    if left != 0:
+                        stack.append((rep.first, outer + ((need, left),)))
+                    if need == 0:
                         stack.append((rep.end, outer))
         live = self._live
         return frozenset(p for p in out if live[p[0]])
@@ -97,31 +134,76 @@ class ByteDFA(LazyTable):
             self.accept[j] = self._final in nfa_states
         return j
 
-    def _build_row(self, state: int) -> list[int]:
-        row = [-1] * self.num_classes
+    def _build_row(self, state: int) -> np.ndarray:
         if self._shortest and self.accept[state]:
-            return row
-        targets: dict[int, set] = {}
-        for s, ctr in self._sets[state]:
-            for c, dsts in self._moves_of(s).items():
-                targets.setdefault(c, set()).update([(d, ctr) for d in dsts])
-        for c, dsts in targets.items():
-            nxt = self._closure(dsts)
-            if nxt:
-                row[c] = self._intern(nxt)
-        return row
+            return np.full(self.num_classes, -1, dtype=np.int32)
+        positions = list(self._sets[state])
+        moves = [self._moves_of(s) for s, _ in positions]
+        # per class: the column of target-list ids over positions; equal columns = same state
+        step_memo = self._steps
+        by_column: dict[tuple, int] = {}
+        row = []
+        for column in zip(*[m[0] for m in moves]):
+            j = by_column.get(column)
+            if j is None:
+                key = frozenset(
+                    (d, ctr) for (_, ctr), (_, lists), t in zip(positions, moves, column) if t >= 0 for d in lists[t]
+                )
+                j = step_memo.get(key)
+                if j is None:
+                    nxt = self._closure(key) if key else key
+                    j = step_memo[key] = self._intern(nxt) if nxt else -1
+                by_column[column] = j
+            row.append(j)
+        return np.array(row, dtype=np.int32)
 
-    def _moves_of(self, nfa_state: int) -> dict[int, list[int]]:
-        """byte class -> targets of one NFA state (classes partition every edge range exactly)."""
+    def _moves_of(self, nfa_state: int) -> tuple[list[int], list[tuple[int, ...]]]:
+        """(per byte class: index into the list of target tuples, -1 = no move; the list)
+        for one NFA state (byte classes partition every edge range exactly)."""
         moves = self._moves.get(nfa_state)
         if moves is None:
-            moves = {}
+            per_class: dict[int, list[int]] = {}
             cls = self.byte_class
             for lo, hi, dst in self._edges[nfa_state]:
                 for c in range(int(cls[lo]), int(cls[hi]) + 1):
-                    moves.setdefault(c, []).append(dst)
-            self._moves[nfa_state] = moves
+                    per_class.setdefault(c, []).append(dst)
+            lists: list[tuple[int, ...]] = []
+            ids: dict[tuple[int, ...], int] = {}
+            vec = [-1] * self.num_classes
+            for c, dsts in per_class.items():
+                key = tuple(sorted(set(dsts)))
+                if key not in ids:
+                    ids[key] = len(lists)
+                    lists.append(key)
+                vec[c] = ids[key]
+            moves = self._moves[nfa_state] = (vec, lists)
         return moves
+
+    def view(self, horizon: int) -> "ByteDFA":
+        """This DFA with counters clamped at `horizon` (itself if it has no counted repetition)."""
+        if not self._counted:
+            return self
+        view = self._views.get(horizon)
+        if view is None:
+            with self._lock:
+                view = self._views.get(horizon)
+                if view is None:
+                    view = self._views[horizon] = ByteDFA(*self._args, horizon=horizon)
+        return view
+
+    def to_view(self, state: int, view: "ByteDFA") -> int:
+        """The state of `view` (from `self.view(...)`) that `state` behaves like within the horizon."""
+        if view is self or state == 0:
+            return state
+        hit = self._to_view.get(state)
+        if hit is None:
+            far = view._far
+            positions = frozenset(
+                (s, tuple(_clamp_pair(pair, far) for pair in ctr)) if ctr else (s, ctr) for s, ctr in self._sets[state]
+            )
+            with view._lock:
+                hit = self._to_view[state] = view._intern(positions)
+        return hit
 
     def is_empty_language(self) -> bool:
         return not self.accept[0] and bool((self.row(0) < 0).all())
@@ -150,11 +232,12 @@ class ByteDFA(LazyTable):
 ENTER, NEXT = 0, 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Repeat:
     """A counted repetition kept as one copy of its body: `first`/`last` are the body's entry
     and exit states, `end` the state after the repetition; max None = unbounded. Counters
-    saturate at `min` when unbounded."""
+    saturate at `min` when unbounded. Only bodies that consume at least one byte per copy are kept
+    counted (others are unrolled), which is what makes horizon views exact."""
 
     first: int
     last: int
@@ -215,6 +298,19 @@ class ByteNFA:
         self._check(len(self.edges) + hi - lo)
         self.edges.extend([[(a, b, t + offset) for a, b, t in self.edges[s]] for s in range(lo, hi)])
         self.eps.extend([[t + offset for t in self.eps[s]] for s in range(lo, hi)])
+        moved: dict[Repeat, Repeat] = {}  # counted repetitions inside the fragment, shifted
+
+        def shift(rep: Repeat) -> Repeat:
+            if not lo <= rep.first < hi:
+                return rep
+            if rep not in moved:
+                moved[rep] = replace(rep, first=rep.first + offset, last=rep.last + offset, end=rep.end + offset)
+            return moved[rep]
+
+        for s in range(lo, hi):
+            ops = self.counted.get(s)
+            if ops:
+                self.counted[s + offset] = [(op, shift(rep)) for op, rep in ops]
         return offset
 
 
@@ -223,6 +319,11 @@ def _byte_classes(nfa: ByteNFA) -> np.ndarray:
     cuts = np.zeros(257, dtype=bool)
     cuts[sorted(nfa.cuts)] = True
     return np.cumsum(cuts[:256]).astype(np.int64) - 1
+
+
+def _clamp_pair(pair: tuple[int, int], far: int) -> tuple[int, int]:
+    need, left = pair
+    return (min(need, far), left if left == UNBOUNDED else min(left, far))
 
 
 def _live_states(nfa: ByteNFA, final: int) -> list[bool]:

@@ -64,7 +64,7 @@ class CompiledCFG(CompiledGrammar):
         self._lexers: dict[frozenset[int], Lexer] = {}
         self._forest_ids: dict[bytes, int] = {b"": FULL_FOREST}
         self._forest_roots: list[np.ndarray | None] = [None]
-        self._walks: dict[tuple[int, int, int], tuple[np.ndarray, tuple[tuple[int, int], ...]]] = {}
+        self._walks: dict[tuple, tuple[np.ndarray, tuple[tuple[int, int], ...]]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -109,15 +109,21 @@ class CompiledCFG(CompiledGrammar):
             node.children[group] = child
         return child
 
+    def mask_key(self, forest: int, lexer: Lexer, state: int) -> tuple:
+        """Cache key of a walk: (forest, lexer, state of the lexer's horizon view), so that
+        states alike for the longest token's length share it."""
+        view = lexer.view(self._info.trie.max_depth)
+        return (forest, lexer.lexer_id, lexer.to_view(state, view))
+
     def walk(self, forest: int, lexer: Lexer, state: int) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
         """(tokens inside the lexeme, ((group, forest after the boundary), ...)), cached."""
-        key = (forest, lexer.lexer_id, state)
+        key = self.mask_key(forest, lexer, state)
         hit = self._walks.get(key)
         if hit is not None:
             return hit
         trie = self._info.trie
         first = None if forest == FULL_FOREST else self._forest_roots[forest]
-        result = trie.walk(first, lexer, state, boundaries=True)
+        result = trie.walk(first, lexer.view(trie.max_depth), key[2], boundaries=True)
         result.allowed.flags.writeable = False
         branches = []
         for group in np.unique(result.boundary_groups).tolist():
@@ -142,7 +148,7 @@ class CompiledCFG(CompiledGrammar):
 
     def node_mask(self, node: EarleyNode, lexer: Lexer, state: int, forest: int = FULL_FOREST) -> np.ndarray:
         """int32 [num_words]: tokens (of `forest`) allowed at (node, lexer state). Read-only."""
-        key = (forest, lexer.lexer_id, state)
+        key = self.mask_key(forest, lexer, state)
         mask = node.memo.get(key)
         if mask is not None:
             return mask

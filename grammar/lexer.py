@@ -46,22 +46,24 @@ class Lexer(LazyTable):
     -1 (also at index -1, the dead state). State 0 is the empty lexeme, never re-entered.
     """
 
-    def __init__(self, lexer_id: int, terminals: tuple[int, ...], dfas: tuple, groups: GroupTable, max_states: int):
+    def __init__(self, lexer_id: int, terminals: tuple[int, ...], parts: list, groups: GroupTable, max_states: int):
         self.lexer_id = lexer_id
         self.terminals = terminals
-        self._parts = [dfas[t] for t in terminals]
+        self._parts = parts  # the ByteDFA of each terminal, in order
         if terminals:
             joint, byte_class = np.unique(np.stack([d.byte_class for d in self._parts]), axis=1, return_inverse=True)
             self.byte_class = byte_class.reshape(-1).astype(np.int64)
         else:
             joint = np.zeros((0, 1), dtype=np.int64)
             self.byte_class = np.zeros(256, dtype=np.int64)
-        self._joint = joint.tolist()  # [part][joint class] -> that part's byte class
+        self._joint = list(joint)  # [part] -> that part's byte class for each joint class
         self._groups = groups
         self.accept_group = np.full(1, -1, dtype=np.int64)
         super().__init__(joint.shape[1], max_states, f"the lexer for terminals {list(terminals)[:8]}")
         self._tuples: list[tuple] = [tuple((k, 0) for k in range(len(self._parts)))]
         self._index: dict[tuple, int] = {}
+        self._view: Lexer | None = None
+        self._to_view: dict[int, int] = {}
         self._add_state()
 
     def _grow_extra(self, capacity: int) -> None:
@@ -82,12 +84,41 @@ class Lexer(LazyTable):
 
     def _build_row(self, state: int) -> list[int]:
         current = self._tuples[state]
-        rows = [(k, self._parts[k].row(s).tolist(), self._joint[k]) for k, s in current]
+        rows = [(k, self._parts[k].row(s)[self._joint[k]].tolist()) for k, s in current]
         out = []
+        seen: dict[tuple, int] = {}  # equal next-state columns lead to the same state
         for c in range(self.num_classes):
-            nxt = tuple((k, n) for k, row, joint in rows if (n := row[joint[c]]) >= 0)
-            out.append(self._intern(nxt) if nxt else -1)
+            column = tuple([row[c] for _, row in rows])
+            j = seen.get(column)
+            if j is None:
+                parts = tuple((k, n) for (k, _), n in zip(rows, column) if n >= 0)
+                j = seen[column] = self._intern(parts) if parts else -1
+            out.append(j)
         return out
+
+    def view(self, horizon: int) -> "Lexer":
+        """The lexer over the terminals' horizon views (see ByteDFA.view); itself if no terminal
+        has counted repetition. A lexer serves one tokenizer, so one horizon."""
+        view = self._view
+        if view is None:
+            parts = [p.view(horizon) for p in self._parts]
+            if all(v is p for v, p in zip(parts, self._parts)):
+                view = self
+            else:
+                view = Lexer(self.lexer_id, self.terminals, parts, self._groups, self.max_states)
+            self._view = view
+        return view
+
+    def to_view(self, state: int, view: "Lexer") -> int:
+        """The state of `view` that `state` behaves like within the horizon."""
+        if view is self or state == 0:
+            return state
+        hit = self._to_view.get(state)
+        if hit is None:
+            parts = tuple((k, self._parts[k].to_view(s, view._parts[k])) for k, s in self._tuples[state])
+            with view._lock:
+                hit = self._to_view[state] = view._intern(parts)
+        return hit
 
     def step(self, state: int, byte: int) -> int:
         return int(self.row(state)[self.byte_class[byte]])
@@ -100,4 +131,4 @@ def build_lexer(
     lexer_id: int, terminals: tuple[int, ...], dfas: tuple, groups: GroupTable, max_states: int
 ) -> Lexer:
     """The lexer over `terminals` (its rows are built as walks and steps reach them)."""
-    return Lexer(lexer_id, terminals, dfas, groups, max_states)
+    return Lexer(lexer_id, terminals, [dfas[t] for t in terminals], groups, max_states)

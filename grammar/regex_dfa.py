@@ -219,13 +219,14 @@ class _NFABuilder:
 
     def _repeat(self, node, flags) -> tuple[int, int]:
         """Small repetitions: copies of the body (built once, then cloned). Large counted ones
-        (`{0,375}` for a maxLength is common in generated regexes): one body and a counter."""
+        (`{0,375}` for a maxLength is common in generated regexes): one body and a counter,
+        if every copy of the body takes at least one character (see ByteDFA's views)."""
         nfa = self.nfa
         copies = node.min + (1 if node.max is None else node.max - node.min)
         if copies == 0:
             s = nfa.new_state()
             return s, s
-        if copies > MAX_UNROLLED_COPIES:
+        if copies > MAX_UNROLLED_COPIES and node.base.lengths[0] >= 1:
             s, end = nfa.new_state(), nfa.new_state()
             a, b = self.fragment(node.base, flags)
             nfa.add_repeat(s, Repeat(first=a, last=b, end=end, min=node.min, max=node.max))

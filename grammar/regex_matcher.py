@@ -38,7 +38,7 @@ class CompiledRegex(CompiledGrammar):
         self.kind = kind
         self.source = source
         self._info = tokenizer_info
-        self._masks: dict[int, np.ndarray] = {}
+        self._masks: dict[object, np.ndarray] = {}
         self._lock = threading.Lock()
 
     @property
@@ -49,14 +49,19 @@ class CompiledRegex(CompiledGrammar):
         return RegexMatcher(self)
 
     def state_mask(self, state: int) -> np.ndarray:
-        """int32 [num_words]: tokens allowed in DFA state `state` (eos not included). Read-only."""
-        mask = self._masks.get(state)
+        """int32 [num_words]: tokens allowed in DFA state `state` (eos not included). Read-only.
+
+        Computed on the DFA's horizon view (states alike for as many bytes as the longest token
+        are one view state, see ByteDFA) and cached per view state."""
+        trie = self._info.trie
+        view = self.dfa.view(trie.max_depth)
+        key = self.dfa.to_view(state, view)
+        mask = self._masks.get(key)
         if mask is None:
-            trie = self._info.trie
-            mask = trie.walk(None, self.dfa, state).allowed
+            mask = trie.walk(None, view, key).allowed
             mask.flags.writeable = False
             with self._lock:
-                mask = self._masks.setdefault(state, mask)
+                mask = self._masks.setdefault(key, mask)
         return mask
 
     @property

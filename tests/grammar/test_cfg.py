@@ -47,7 +47,12 @@ pair: ESCAPED_STRING ":" value
 %ignore WS
 """
 
-GRAMMARS = {"arithmetic": ARITHMETIC, "sql": SQL, "json": JSON}
+BOUNDED = r"""
+start: "[" item ("," item)* "]"
+item: /"[a-z ]{0,60}"/ | /[0-9]{1,40}/
+"""
+
+GRAMMARS = {"arithmetic": ARITHMETIC, "sql": SQL, "json": JSON, "bounded": BOUNDED}
 
 
 @pytest.fixture(scope="module")

@@ -129,3 +129,23 @@ def test_nfa_budget_and_timeout_are_enforced(monkeypatch):
     with pytest.raises(GrammarError, match="time budget"):
         regex_to_dfa(r"[^\"]{0,4500}z", CompileOptions(timeout_s=0.0))
     assert time.monotonic() - start < 5.0
+
+
+@pytest.mark.parametrize("pattern", [r"[a-c]{0,300}x", r"(ab|c){20,40}", r"((a|bc){3,30}x){12,14}", r"[ab]{50,}"])
+def test_horizon_views_agree_with_the_dfa_for_short_inputs(pattern):
+    dfa = regex_to_dfa(pattern)
+    view = dfa.view(6)
+    assert view is not dfa
+    rng = random.Random(pattern)
+    for _ in range(300):
+        prefix = "".join(rng.choice("abcx") for _ in range(rng.randint(0, 400)))
+        state = dfa.run(prefix.encode())
+        if state < 0:
+            continue
+        v = dfa.to_view(state, view)
+        for _ in range(10):
+            suffix = "".join(rng.choice("abcx") for _ in range(rng.randint(0, 6))).encode()
+            exact, seen = dfa.run(suffix, state), view.run(suffix, v)
+            assert (exact >= 0) == (seen >= 0), (prefix, suffix)
+            assert exact < 0 or dfa.accept[exact] == view.accept[seen], (prefix, suffix)
+    assert view.num_states < 200  # far-from-bounds positions share view states

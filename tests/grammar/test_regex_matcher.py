@@ -20,6 +20,7 @@ PATTERNS = [
     r'"([^"\\]|\\.)*"',
     r"[^\n]{0,20}\n",
     r"(yes|no)",
+    r'"[a-z ]{0,200}"',  # counted repetition: masks come from the DFA's horizon view
 ]
 
 
