@@ -52,7 +52,7 @@ LLAMA=benchmarks/configs/llama31_8b.json
 for s in "$@"; do
   case $s in
     setup) step setup 240 bash -c "$(declare -f setup); setup" ;;
-    tests) step tests 300 "${PYTEST[@]}" tests/runtime/test_attention_backends.py tests/runtime/test_gpu_cuda_graph.py \
+    tests) step tests 420 "${PYTEST[@]}" tests/runtime/test_attention_backends.py tests/runtime/test_gpu_cuda_graph.py \
       tests/runtime/test_gpu_parity.py -s ;;
     tests_backends) step tests_backends 120 "${PYTEST[@]}" tests/runtime/test_attention_backends.py ;;
     kernels_tests) step kernels_tests 240 "${PYTEST[@]}" tests/kernels ;;
