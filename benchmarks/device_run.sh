@@ -73,7 +73,7 @@ for s in "$@"; do
     kernels_decode) step kernels_decode 90 python3 benchmarks/kernels.py --only decode_attention \
       --out "$OUT/kernels_decode.json" ;;
     cache_out) step cache_out 60 tar -czf "$OUT/fi_cache.tgz" -C .cache flashinfer ;;
-    bundle) (cd "$OUT" && tar -czf bundle.tgz --remove-files ./*.log ./*.json) ;;  # one file back, not many
+    bundle) (cd "$OUT" && tar -czf bundle.tgz --remove-files $(ls *.log *.json 2>/dev/null)) ;;  # one file back, not many
     *) echo "unknown step $s"; exit 2 ;;
   esac
 done
