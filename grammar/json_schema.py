@@ -52,7 +52,9 @@ from .json_schema_strings import (
     string_body_regex,
 )
 
-REGEX_SIZE_LIMIT = 50_000
+# Above this many characters a regex becomes impractical (automaton construction grows with it);
+# the lark rendering of the same IR shares repeated parts as rules instead.
+REGEX_SIZE_LIMIT = 100_000
 _JSON_WHITESPACE = set(" \t\n\r")
 _TYPE_ORDER = ("null", "boolean", "integer", "fraction", "string", "array", "object")
 
@@ -385,7 +387,7 @@ class _Builder:
         for i, fi in enumerate(flats):
             for j in range(i + 1, len(flats)):
                 if not exclusive(self.doc, fi, flats[j], d.branches[i], d.branches[j]):
-                    rewritten = required_only_branches(d.branches, self._keepalive)
+                    rewritten = required_only_branches(self.doc, d.branches)
                     if rewritten is None:
                         raise GrammarError(f"oneOf at {d.path}: cannot prove branches {i} and {j} mutually exclusive")
                     branch_roots = [None if extra is None else roots + extra for extra in rewritten]

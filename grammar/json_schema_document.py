@@ -51,15 +51,16 @@ TYPE_KEYWORDS["integer"] = TYPE_KEYWORDS["number"]
 
 # Keywords refused wherever they matter (limited support for some is decided by the compiler).
 UNSUPPORTED_KEYWORDS = frozenset(
-    {"contains", "minContains", "maxContains", "unevaluatedItems", "unevaluatedProperties",
-     "dependentRequired", "dependentSchemas", "dependencies", "$dynamicRef", "$recursiveRef"}
+    {"contains", "minContains", "maxContains", "unevaluatedItems", "unevaluatedProperties", "$dynamicRef",
+     "$recursiveRef"}
 )
 
 # Every keyword with an assertion in some draft; anything else is an annotation or unknown.
 ASSERTION_KEYWORDS = frozenset().union(
     *TYPE_KEYWORDS.values(),
     UNSUPPORTED_KEYWORDS,
-    {"type", "enum", "const", "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "$ref"},
+    {"type", "enum", "const", "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "$ref", "dependentRequired",
+     "dependentSchemas", "dependencies"},
 )
 
 _SCHEMA_DRAFTS = {
@@ -134,6 +135,14 @@ class SchemaDocument:
         self._index(root, _DEFAULT_BASE, "#")
         self.root_base = self.bases.get(id(root), _DEFAULT_BASE)
         self.resources.setdefault(_DEFAULT_BASE, (root, "#"))
+        self._derived: dict[tuple, Any] = {}
+
+    def derived(self, key: tuple, make) -> Any:
+        """A schema built from this document's schemas (e.g. a rewrite of `dependentRequired`),
+        made once per key and kept: compilation memoizes by object identity."""
+        if key not in self._derived:
+            self._derived[key] = make()
+        return self._derived[key]
 
     def base_of(self, schema: Any, fallback: str) -> str:
         return self.bases.get(id(schema), fallback)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import re
 
-from .json_schema_ir import EMPTY, Grammar, Node, Pat, alt, rep, seq
+from .json_schema_ir import EMPTY, Alt, Grammar, Node, Pat, alt, rep, seq
 from .json_schema_strings import (
     UNIVERSE,
     Charset,
@@ -337,10 +337,40 @@ def _to_ir(node: tuple) -> Node | None:
     return alt(*(_to_ir(n) for n in node[1]))
 
 
+def simple_key_pattern(pattern: str) -> tuple[str, Charset] | None:
+    """(L, C) when `pattern` matches exactly the strings L C* (a literal prefix, then any number of
+    characters of C; C empty: only L itself), else None. Used to subtract names from key patterns."""
+    try:
+        tree = _Parser(pattern).parse()
+    except PatternError:
+        return None
+    if len(tree[1]) != 1:
+        return None
+    items = list(tree[1][0][1])
+    if not items or items[0] != ("bol",):
+        # Unanchored: only a pattern that can match the empty string anywhere matches everything.
+        optional = all(item == ("eol",) or (item[0] == "rep" and item[2] == 0) for item in items)
+        return ("", UNIVERSE) if optional and ("eol",) not in items else None
+    items.pop(0)
+    end = bool(items) and items[-1] == ("eol",)
+    if end:
+        items.pop()
+    tail: Charset = () if end else UNIVERSE
+    if items and items[-1][0] == "rep" and items[-1][1][0] == "set" and items[-1][2:] == (0, None):
+        tail = items.pop()[1][1] if end else UNIVERSE
+    prefix = ""
+    for item in items:
+        if item[0] != "set" or len(item[1]) != 1 or item[1][0][0] != item[1][0][1] or item[1] != item[2]:
+            return None
+        prefix += chr(item[1][0][0])
+    return prefix, tail
+
+
 @functools.lru_cache(maxsize=512)
 def pattern_regex(pattern: str, min_length: int = 0, max_length: int | None = None) -> str | None:
     """Regex for string bodies (between the quotes) that `pattern` matches (as a search) and whose
-    length is in [min_length, max_length]; None when no string qualifies. Raises PatternError."""
+    length is in [min_length, max_length], safe to concatenate (an alternation comes grouped);
+    None when no string qualifies. Raises PatternError."""
     tree = _Parser(pattern).parse()
     alternatives = []
     for option in tree[1]:
@@ -358,4 +388,7 @@ def pattern_regex(pattern: str, min_length: int = 0, max_length: int | None = No
     node = _to_ir(("alt", alternatives))
     if node is None:
         return None
-    return "" if node == EMPTY else Grammar(node).to_regex()
+    if node == EMPTY:
+        return ""
+    regex = Grammar(node).to_regex()
+    return f"(?:{regex})" if isinstance(node, Alt) else regex

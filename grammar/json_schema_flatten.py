@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from .json_schema_document import TYPE_KEYWORDS, UNSUPPORTED_KEYWORDS, SchemaDocument
+from .json_schema_document import ASSERTION_KEYWORDS, TYPE_KEYWORDS, UNSUPPORTED_KEYWORDS, SchemaDocument
 from .json_schema_numbers import Bound, tighter_lower, tighter_upper
 
 # "number" is split so that intersecting with "integer" is plain set intersection.
@@ -60,7 +60,7 @@ class ArrayPart:
 @dataclass
 class Disjunction:
     kind: str  # "anyOf" or "oneOf"
-    key: int  # identity of the keyword's list, so that each disjunction is distributed once
+    key: Any  # identifies the disjunction, so that each one is distributed once
     branches: list[Located]
     path: str
 
@@ -186,15 +186,62 @@ def _read(doc: SchemaDocument, flat: Flat, loc: Located, stack: list, resolved: 
     if "propertyNames" in s:
         flat.property_names.append(loc.child(s["propertyNames"], "propertyNames"))
     if "not" in s:
-        flat.nots.append(loc.child(s["not"], "not"))
+        _read_not(doc, flat, loc.child(s["not"], "not"), resolved)
+    _read_dependencies(doc, flat, loc, resolved)
     if "if" in s and ("then" in s or "else" in s):
         flat.unsupported.append(("if", f"{path}/if"))
     for index, sub in enumerate(s.get("allOf", [])):
         stack.append(loc.child(sub, f"allOf/{index}"))
     for kind in ("anyOf", "oneOf"):
-        if kind in s and id(s[kind]) not in resolved:
+        if kind in s:
             branches = [loc.child(sub, f"{kind}/{i}") for i, sub in enumerate(s[kind])]
-            flat.disjunctions.append(Disjunction(kind, id(s[kind]), branches, f"{path}/{kind}"))
+            _add_disjunction(flat, kind, id(s[kind]), branches, f"{path}/{kind}", resolved)
+
+
+def absent(doc: SchemaDocument, name: str) -> dict:
+    """The schema "property `name` is absent" (other properties untouched, so no tightening)."""
+    return doc.derived(("absent", name), lambda: {"properties": {name: False}, "additionalProperties": True})
+
+
+def _read_not(doc: SchemaDocument, flat: Flat, loc: Located, resolved: frozenset) -> None:
+    """`not`: of nothing, of everything, of `required` (exact rewrites); others kept for the
+    caller (`not` of types is compiled, anything else refused unless values are enumerated)."""
+    s = loc.schema
+    assertions = [] if isinstance(s, bool) else [k for k in s if k in ASSERTION_KEYWORDS]
+    if s is False:
+        return
+    if not assertions:
+        flat.unsat = flat.unsat or f"the `not` at {loc.path} excludes every value"
+    elif assertions == ["required"] and isinstance(s["required"], list) and s["required"]:
+        # Non-objects satisfy any `required`, so its negation holds only for objects lacking a name.
+        flat.types = (flat.types if flat.types is not None else ALL_TYPES) & {"object"}
+        names = list(dict.fromkeys(s["required"]))
+        branches = [Located(absent(doc, n), loc.base, loc.path) for n in names]
+        _add_disjunction(flat, "anyOf", ("not-required", id(s)), branches, loc.path, resolved)
+    else:
+        flat.nots.append(loc)
+
+
+def _read_dependencies(doc: SchemaDocument, flat: Flat, loc: Located, resolved: frozenset) -> None:
+    """`dependentRequired` / `dependentSchemas` / `dependencies` as exact disjunctions:
+    {a: [b]} is anyOf[a absent, required [a, b]]; {a: S} is anyOf[a absent, required [a] and S]."""
+    s = loc.schema
+    for keyword in ("dependentRequired", "dependentSchemas", "dependencies"):
+        if not isinstance(s.get(keyword), dict) or (keyword == "dependencies" and doc.draft >= 2019):
+            continue
+        for name, dependency in s[keyword].items():
+            path = f"{loc.path}/{keyword}/{_token(name)}"
+            if isinstance(dependency, list):
+                present = doc.derived(("requires", name, id(dependency)), lambda: {"required": [name, *dependency]})
+            else:
+                present = doc.derived(("implies", name, id(dependency)), lambda: {"required": [name], "allOf": [dependency]})
+            branches = [Located(absent(doc, name), loc.base, path), Located(present, loc.base, path)]
+            _add_disjunction(flat, "anyOf", ("dependency", id(dependency), name), branches, path, resolved)
+
+
+def _add_disjunction(flat: Flat, kind: str, key: tuple, branches: list, path: str, resolved: frozenset) -> None:
+    if key not in resolved:
+        flat.disjunctions.append(Disjunction(kind, key, branches, path))
 
 
 def _read_numbers(doc: SchemaDocument, flat: Flat, s: dict, path: str) -> None:

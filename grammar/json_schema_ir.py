@@ -177,10 +177,7 @@ class Grammar:
 
     def to_lark(self) -> str:
         """Lark grammar source with start rule `start`."""
-        lines = [f"start: {_lark(self.root, self.rules)[0]}"]
-        for name, body in self.rules.items():
-            lines.append(f"{name}: {_lark(body, self.rules)[0]}")
-        return "\n".join(lines) + "\n"
+        return _LarkWriter(self.rules).write(self.root)
 
 
 def _productive(node: Node, productive: set[str]) -> bool:
@@ -282,7 +279,8 @@ def _regex(node: Node, ctx: str, rules: dict, memo: dict) -> str:
     if isinstance(node, Pat):
         return node.regex if ctx == "alt" or _is_atom(node.regex) else f"(?:{node.regex})"
     if isinstance(node, Rep):
-        return _regex(node.node, "rep", rules, memo) + _quantifier(node.min, node.max)
+        inner = _regex(node.node, "rep", rules, memo)
+        return (inner if _is_atom(inner) else f"(?:{inner})") + _quantifier(node.min, node.max)
     if isinstance(node, Seq):
         text = "".join(_regex(p, "seq", rules, memo) for p in node.parts)
         return text if ctx != "rep" or len(node.parts) == 1 else f"(?:{text})"
@@ -305,30 +303,90 @@ def _lark_terminal(regex: str) -> str:
     return "/" + "".join(out) + "/"
 
 
-def _lark(node: Node, rules: dict) -> tuple[str, bool]:
-    """Lark expression for `node` and whether it is atomic (a name, terminal or group)."""
-    if not any(True for _ in _refs(node)):
-        regex = _regex(node, "alt", rules, {})
-        if len(regex) <= _TERMINAL_CHARS or isinstance(node, (Lit, Pat)):
-            return _lark_terminal(regex), True
-    if isinstance(node, Ref):
-        return node.name, True
+class _LarkWriter:
+    """Lark text where no rule has more than a few expansions.
+
+    Lark's loader expands `?` and inline groups into alternatives of the enclosing rule, so a
+    sequence of k optional parts would become 2^k expansions. Every part that is not a terminal
+    or a rule name therefore gets a helper rule of its own (`x?` alone in a rule is two
+    expansions); Ref-free parts that cannot be empty collapse into one regex terminal.
+    """
+
+    def __init__(self, rules: dict):
+        self.rules = rules
+        self.lines: list[str] = []
+        self.helpers: dict[Node, str] = {}
+
+    def write(self, root: Node) -> str:
+        self.lines.append(f"start: {self.body(root)}")
+        for name, body in self.rules.items():
+            self.lines.append(f"{name}: {self.body(body)}")
+        return "\n".join(self.lines) + "\n"
+
+    def body(self, node: Node) -> str:
+        """A rule body: alternatives of sequences of atoms."""
+        if isinstance(node, Alt) and self.terminal(node) is None:
+            return " | ".join(self.sequence(o) for o in node.options)
+        if isinstance(node, Rep) and self.terminal(node) is None:
+            return self.repetition(node)
+        return self.sequence(node)
+
+    def sequence(self, node: Node) -> str:
+        """Atoms of a sequence; adjacent parts that are terminals merge into one terminal."""
+        if not isinstance(node, Seq) or self.terminal(node) is not None:
+            return self.atom(node)
+        out: list[str] = []
+        run: list[Node] = []
+        for part in node.parts:
+            if run and self.terminal(Seq(tuple(run + [part]))) is not None:
+                run.append(part)
+                continue
+            if run:
+                out.append(self.atom(run[0] if len(run) == 1 else Seq(tuple(run))))
+            run = [part] if self.terminal(part) is not None else []
+            if not run:
+                out.append(self.atom(part))
+        if run:
+            out.append(self.atom(run[0] if len(run) == 1 else Seq(tuple(run))))
+        return " ".join(out)
+
+    def atom(self, node: Node) -> str:
+        """A terminal, a rule name, or the name of a helper rule for `node`."""
+        if isinstance(node, Ref):
+            return node.name
+        terminal = self.terminal(node)
+        if terminal is not None:
+            return terminal
+        name = self.helpers.get(node)
+        if name is None:
+            name = f"h{len(self.helpers)}"
+            self.helpers[node] = name
+            self.lines.append(f"{name}: {self.body(node)}")
+        return name
+
+    def repetition(self, node: Rep) -> str:
+        inner = self.atom(node.node)
+        if node.max is None:
+            return " ".join([inner] * max(0, node.min - 1) + [inner + ("+" if node.min else "*")])
+        optional = ""
+        for count in range(1, node.max - node.min + 1):
+            optional = inner + "?" if count == 1 else f"({inner} {self.atom(Rep(node.node, 0, count - 1))})?"
+        return " ".join([inner] * node.min + ([optional] if optional else []))
+
+    def terminal(self, node: Node) -> str | None:
+        if isinstance(node, (Lit, Pat)) or (not _nullable(node) and not any(True for _ in _refs(node))):
+            regex = _regex(node, "alt", self.rules, {})
+            if len(regex) <= _TERMINAL_CHARS or isinstance(node, (Lit, Pat)):
+                return _lark_terminal(regex)
+        return None
+
+
+def _nullable(node: Node) -> bool:
+    """Whether a Ref-free node matches the empty string (a Ref counts as not: never collapsed)."""
+    if isinstance(node, Rep):
+        return node.min == 0 or _nullable(node.node)
     if isinstance(node, Seq):
-        return " ".join(_lark_atom(p, rules) for p in node.parts), False
+        return all(_nullable(p) for p in node.parts)
     if isinstance(node, Alt):
-        return " | ".join(_lark(o, rules)[0] for o in node.options), False
-    inner = _lark_atom(node.node, rules)
-    if (node.min, node.max) in ((0, 1), (0, None), (1, None)):
-        return inner + {(0, 1): "?", (0, None): "*", (1, None): "+"}[(node.min, node.max)], False
-    required = [inner] * node.min
-    if node.max is None:
-        return " ".join(required + [inner + "*"]), False
-    optional = ""
-    for _ in range(node.max - node.min):
-        optional = f"({inner} {optional})?" if optional else f"{inner}?"
-    return " ".join(required + ([optional] if optional else [])), False
-
-
-def _lark_atom(node: Node, rules: dict) -> str:
-    text, atomic = _lark(node, rules)
-    return text if atomic else f"({text})"
+        return any(_nullable(o) for o in node.options)
+    return False

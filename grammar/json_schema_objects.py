@@ -24,10 +24,20 @@ import re
 from typing import TYPE_CHECKING
 
 from .errors import GrammarError
-from .json_schema_ecma import PatternError, pattern_regex
-from .json_schema_flatten import Flat, Located
+from .json_schema_ecma import PatternError, pattern_regex, simple_key_pattern
+from .json_schema_flatten import Flat, Located, flatten
 from .json_schema_ir import EMPTY, Lit, Node, Pat, alt, opt, rep, seq
-from .json_schema_strings import json_literal, key_complement_regex, regex_fsm
+from .json_schema_oneof import candidates
+from .json_schema_strings import (
+    FORMATS,
+    UNIVERSE,
+    UNSUPPORTED_FORMATS,
+    charset_of,
+    json_literal,
+    key_complement_regex,
+    regex_fsm,
+    unit_regex,
+)
 
 if TYPE_CHECKING:
     from .json_schema import _Builder
@@ -78,8 +88,10 @@ def build_object(builder: "_Builder", flat: Flat, origin: Located) -> Node | Non
                 return None
             continue
         items.append((seq(Lit(json_literal(name)), builder.tok(":"), value), _REQUIRED if required else _OPTIONAL))
-    star = _unnamed_properties(builder, flat, names, origin)
-    items += [(node, _STAR) for node in star]
+    if flat.property_names and _no_key_constraint(builder, flat):
+        flat.property_names = []
+    items += _unnamed_properties(builder, flat, names, origin)
+    star = any(kind == _STAR for _, kind in items)
     n_required = sum(kind == _REQUIRED for _, kind in items)
     if flat.max_properties is not None and n_required > flat.max_properties:
         builder.note_unsat(f"maxProperties at {origin.path} is below the number of required properties")
@@ -124,63 +136,109 @@ def _pattern_matches(pattern: str, name: str, path: str) -> bool:
         return ours
 
 
-def _unnamed_properties(builder: "_Builder", flat: Flat, names: list[str], origin: Located) -> list[Node]:
-    """Star items for properties that `properties`/`required` do not name."""
+def _unnamed_properties(builder: "_Builder", flat: Flat, names: list[str], origin: Located) -> list[tuple[Node, str]]:
+    """Items for properties that `properties`/`required` do not name: pattern keys, then the
+    additional ones (any other key), as star items; with an enumerated propertyNames, optional
+    items for the enumerated keys instead."""
     parts = flat.objects
-    if not parts:
-        if flat.property_names:
-            raise GrammarError(f"propertyNames at {flat.property_names[0].path} with unnamed properties")
-        return [_additional_item(builder, names, [], origin)]
-    pattern_parts = [part for part in parts if part.patterns]
-    additional = []
+    extra_locs, extras = [], True
     for part in parts:
         if part.additional is None:
-            if (part.properties or part.patterns) and builder.strict:
-                return _pattern_items(builder, flat, pattern_parts, names) if pattern_parts else []
+            extras = extras and not (builder.strict and (part.properties or part.patterns))
         elif part.additional.schema is False:
-            return _pattern_items(builder, flat, pattern_parts, names) if pattern_parts else []
+            extras = False
         else:
-            additional.append(part.additional)
-    if pattern_parts:
-        raise GrammarError(
-            f"patternProperties at {pattern_parts[0].path} with additionalProperties other than false"
-        )
-    if flat.property_names:
-        raise GrammarError(f"propertyNames at {flat.property_names[0].path} with unnamed properties")
-    item = _additional_item(builder, names, additional, origin)
-    return [] if item is None else [item]
-
-
-def _additional_item(builder: "_Builder", names: list[str], locs: list[Located], origin: Located) -> Node | None:
-    keys = key_complement_regex(names)
-    value = builder.conjunction(locs, origin, "additionalProperties")
-    if keys is None or value is None:
-        return None
-    return seq(Pat(f'"{keys}"'), builder.tok(":"), value)
-
-
-def _pattern_items(builder: "_Builder", flat: Flat, pattern_parts: list, names: list[str]) -> list[Node]:
-    if len(flat.objects) > 1:
+            extra_locs.append(part.additional)
+    pattern_parts = [part for part in parts if part.patterns]
+    if pattern_parts and len(parts) > 1:
         raise GrammarError(f"patternProperties at {pattern_parts[0].path} combined with other object schemas")
-    if flat.property_names:
-        raise GrammarError(f"propertyNames at {flat.property_names[0].path} with patternProperties")
-    part = pattern_parts[0]
+    patterns = pattern_parts[0].patterns if pattern_parts else {}
+    allowed = _property_names(builder, flat)
+    if allowed is not None:
+        return _enumerated_keys(builder, parts, names, allowed, extras, origin)
+    if flat.property_names and (patterns or extras):
+        raise GrammarError(f"propertyNames at {flat.property_names[0].path} with unnamed properties")
     items, fsms = [], []
-    for pattern, loc in part.patterns.items():
-        clash = [name for name in names if _pattern_matches(pattern, name, loc.path)]
-        if clash:
-            raise GrammarError(f"patternProperties at {loc.path} also matches the named property {clash[0]!r}")
-        try:
-            keys = pattern_regex(pattern)
-        except PatternError as e:
-            raise GrammarError(f"patternProperties pattern at {loc.path}: {e}") from None
+    for pattern, loc in patterns.items():
+        keys = _pattern_keys(pattern, names, loc.path)
+        if keys is None:
+            continue
         fsm = regex_fsm(keys)
         if any(not fsm.isdisjoint(other) for other in fsms):
             raise GrammarError(f"patternProperties at {loc.path}: patterns overlap (keys would need both schemas)")
         fsms.append(fsm)
         value = builder.gen(loc)
-        if value is not None and keys is not None:
-            items.append(seq(Pat(f'"{keys}"'), builder.tok(":"), value))
+        if value is not None:
+            items.append((seq(Pat(f'"{keys}"'), builder.tok(":"), value), _STAR))
+    if extras:
+        prefixes = []
+        for pattern, loc in patterns.items():
+            simple = simple_key_pattern(pattern)
+            if simple is None or simple[1] != UNIVERSE:
+                raise GrammarError(f"patternProperties at {loc.path} with additionalProperties other than false")
+            prefixes.append(simple[0])
+        keys = key_complement_regex(names, blocked=prefixes)
+        value = builder.conjunction(extra_locs, origin, "additionalProperties")
+        if keys is not None and value is not None:
+            items.append((seq(Pat(f'"{keys}"'), builder.tok(":"), value), _STAR))
+    return items
+
+
+def _pattern_keys(pattern: str, names: list[str], path: str) -> str | None:
+    """Key bodies matching a patternProperties pattern, minus the named properties."""
+    simple = simple_key_pattern(pattern)
+    if simple is not None:
+        prefix, tail = simple
+        rest = key_complement_regex([n[len(prefix) :] for n in names if n.startswith(prefix)], alphabet=tail)
+        return None if rest is None else "".join(unit_regex(charset_of(c)) for c in prefix) + rest
+    clash = [name for name in names if _pattern_matches(pattern, name, path)]
+    if clash:
+        raise GrammarError(f"patternProperties at {path} also matches the named property {clash[0]!r}")
+    try:
+        return pattern_regex(pattern)
+    except PatternError as e:
+        raise GrammarError(f"patternProperties pattern at {path}: {e}") from None
+
+
+def _property_names(builder: "_Builder", flat: Flat) -> list[str] | None:
+    """The keys `propertyNames` allows when it enumerates them, else None (no constraint on
+    unnamed keys, or one only checked on the named keys)."""
+    allowed = None
+    for loc in flat.property_names:
+        values = candidates(flatten(builder.doc, [loc]))
+        if values is not None:
+            keys = [v for v in values if isinstance(v, str) and builder.doc.is_valid(loc.schema, v)]
+            allowed = keys if allowed is None else [k for k in allowed if k in keys]
+    if allowed is None:
+        return None
+    return [k for k in allowed if all(builder.doc.is_valid(loc.schema, k) for loc in flat.property_names)]
+
+
+def _no_key_constraint(builder: "_Builder", flat: Flat) -> bool:
+    """Whether every propertyNames schema accepts every string (e.g. {"type": "string"})."""
+    for loc in flat.property_names:
+        f = flatten(builder.doc, [loc])
+        if f.unsat or "string" not in f.allowed_types() or f.min_length or f.max_length is not None:
+            return False
+        if f.patterns or f.nots or f.disjunctions or f.finite is not None or f.unsupported:
+            return False
+        if any(name in FORMATS or name in UNSUPPORTED_FORMATS for name, _ in f.formats):
+            return False
+    return True
+
+
+def _enumerated_keys(builder: "_Builder", parts: list, names: list[str], allowed: list[str], extras: bool, origin: Located) -> list:
+    """Optional items for the keys an enumerated propertyNames allows beyond the named ones."""
+    items = []
+    for key in dict.fromkeys(allowed):
+        if key in names:
+            continue
+        matching = any(_pattern_matches(p, key, loc.path) for part in parts for p, loc in part.patterns.items())
+        if not matching and not extras:
+            continue
+        value = _named_value(builder, parts, key, origin)
+        if value is not None:
+            items.append((seq(Lit(json_literal(key)), builder.tok(":"), value), _OPTIONAL))
     return items
 
 

@@ -18,7 +18,7 @@ proof: branch i becomes "R_i present and, for each j != i, some name of R_j - R_
 from __future__ import annotations
 
 from .json_schema_document import ASSERTION_KEYWORDS, SchemaDocument
-from .json_schema_flatten import ALL_TYPES, Flat, Located, flatten
+from .json_schema_flatten import ALL_TYPES, Flat, Located, absent, flatten
 from .json_schema_numbers import Bound
 
 
@@ -100,7 +100,7 @@ def _forbidden(flat: Flat, name: str) -> bool:
     return False
 
 
-def required_only_branches(branches: list[Located], keepalive: list) -> list[list[Located]] | None:
+def required_only_branches(doc: SchemaDocument, branches: list[Located]) -> list[list[Located]] | None:
     """For a oneOf whose branches only list `required`: extra roots per branch (None if another
     shape). A branch that implies another one gets None (it can never be the only one)."""
     sets = []
@@ -113,20 +113,15 @@ def required_only_branches(branches: list[Located], keepalive: list) -> list[lis
         sets.append(list(dict.fromkeys(s["required"])))
     out = []
     for i, loc in enumerate(branches):
-        extra = [loc, _synthetic(loc, {"type": "object"}, keepalive)]
+        extra = [loc, Located(doc.derived(("object",), lambda: {"type": "object"}), loc.base, loc.path)]
         for j, other in enumerate(sets):
             if j == i:
                 continue
-            missing = [name for name in other if name not in sets[i]]
+            missing = tuple(name for name in other if name not in sets[i])
             if not missing:
                 extra = None
                 break
-            absent = [{"properties": {name: False}, "additionalProperties": True} for name in missing]
-            extra.append(_synthetic(loc, absent[0] if len(absent) == 1 else {"anyOf": absent}, keepalive))
+            schema = doc.derived(("absent-any", missing), lambda: {"anyOf": [absent(doc, n) for n in missing]})
+            extra.append(Located(schema, loc.base, loc.path))
         out.append(extra)
     return out
-
-
-def _synthetic(loc: Located, schema: dict, keepalive: list) -> Located:
-    keepalive.append(schema)
-    return Located(schema, loc.base, loc.path)

@@ -178,23 +178,28 @@ def string_body_regex(min_length: int, max_length: int | None) -> str:
     return STRING_UNIT + _quantifier(min_length, max_length)
 
 
-def key_complement_regex(names: list[str]) -> str | None:
-    """Canonical-unit string bodies (no quotes) of every key not in `names` (None: none left)."""
+def key_complement_regex(names: list[str], alphabet: Charset = UNIVERSE, blocked: list[str] = ()) -> str | None:
+    """Canonical-unit string bodies (no quotes) of every string over `alphabet` that is not in
+    `names` and does not start with a `blocked` prefix (None: no string is left)."""
     trie: dict = {}
-    for name in names:
+    in_alphabet = lambda text: all(charset_contains(alphabet, ord(c)) for c in text)  # noqa: E731
+    for text, mark in [(n, "name") for n in names] + [(b, "blocked") for b in blocked]:
+        if not in_alphabet(text):
+            continue
         node = trie
-        for ch in name:
+        for ch in text:
             node = node.setdefault(ord(ch), {})
-        node[None] = True
+        node[mark] = True
+    any_unit = unit_regex(alphabet)
 
     def build(node: dict) -> str | None:
-        options = []
-        if None not in node:
-            options.append("")
-        children = sorted(k for k in node if k is not None)
-        other = unit_regex(charset_subtract(UNIVERSE, charset_union((), tuple((c, c) for c in children))))
+        if "blocked" in node:
+            return None
+        options = [] if "name" in node else [""]
+        children = sorted(k for k in node if isinstance(k, int))
+        other = unit_regex(charset_subtract(alphabet, charset_union((), tuple((c, c) for c in children))))
         if other is not None:
-            options.append(f"{other}{ANY_CANONICAL_UNIT}*")
+            options.append(f"{other}{any_unit}*")
         for code in children:
             rest = build(node[code])
             if rest is not None:
