@@ -14,23 +14,29 @@ import pathlib
 import subprocess
 
 import torch
+from triton.testing import do_bench
+
+
+def _copy_GBps(rep_ms: int) -> float:
+    n = 1 << 30
+    src = torch.randint(0, 255, (n,), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), rep=rep_ms, return_mode="median")
+    return 2 * n / ms / 1e6
+
+
+def _bf16_mm_TFLOPs(rep_ms: int) -> float:
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = do_bench(lambda: a @ b, rep=rep_ms, return_mode="median")
+    return 2 * 8192**3 / ms / 1e9
 
 
 def measure_limits(rep_ms: int = 200) -> dict:
     """{"copy_GBps": ..., "bf16_mm_TFLOPs": ...} of the current CUDA device, measured now."""
-    from triton.testing import do_bench
-
-    n = 1 << 30
-    src = torch.randint(0, 255, (n,), dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    copy_ms = do_bench(lambda: dst.copy_(src), rep=rep_ms, return_mode="median")
-    del src, dst
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    mm_ms = do_bench(lambda: a @ b, rep=rep_ms, return_mode="median")
-    del a, b
+    limits = {"copy_GBps": _copy_GBps(rep_ms), "bf16_mm_TFLOPs": _bf16_mm_TFLOPs(rep_ms)}
     torch.cuda.empty_cache()
-    return {"copy_GBps": 2 * n / copy_ms / 1e6, "bf16_mm_TFLOPs": 2 * 8192**3 / mm_ms / 1e9}
+    return limits
 
 
 def _git_commit() -> str:

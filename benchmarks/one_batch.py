@@ -94,7 +94,7 @@ def bench_prefill(runner: ModelRunner, lengths: list, costs: dict, limits: dict)
         if n > runner.num_slots:
             continue
         chunk = [SeqChunk([1] * n, 0, n, torch.arange(1, n + 1))]
-        sec = timed(lambda: runner.forward(ForwardMode.EXTEND, chunk, [n - 1]), 1, 5)
+        sec = timed(lambda chunk=chunk, n=n: runner.forward(ForwardMode.EXTEND, chunk, [n - 1]), 1, 5)
         flops = 2 * n * costs["linear_params"] + 2 * costs["head_params"] + costs["attn_flops_per_pair"] * n * (n + 1) / 2
         tflops = flops / sec / 1e12
         rows.append(dict(kind="prefill", tokens=n, ms=sec * 1e3, tok_per_s=n / sec, tflops=tflops,

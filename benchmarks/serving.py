@@ -28,7 +28,6 @@ import json
 import math
 import pathlib
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -132,7 +131,13 @@ def hf_peer(path: str, reqs: list, output_len: int, batch_sizes: list) -> list:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
+    rows = _hf_runs(model, reqs, output_len, batch_sizes)
+    del model
+    torch.cuda.empty_cache()
+    return rows
 
+
+def _hf_runs(model, reqs: list, output_len: int, batch_sizes: list) -> list:
     def generate(batch: list) -> int:
         width = max(len(r) for r in batch)
         ids = torch.tensor([[0] * (width - len(r)) + r for r in batch], device="cuda")
@@ -153,8 +158,6 @@ def hf_peer(path: str, reqs: list, output_len: int, batch_sizes: list) -> list:
         rows.append(dict(peer="transformers.generate", batch=bs, duration_s=sec, output_tokens=tokens,
                          req_per_s=len(reqs) / sec, out_tok_per_s=tokens / sec))
         print(f"hf generate batch {bs}: {sec:.1f} s, {tokens / sec:,.0f} out tok/s", flush=True)
-    del model
-    torch.cuda.empty_cache()
     return rows
 
 
