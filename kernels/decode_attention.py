@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from lmlang.kernels.launch import dot_needs_fp32, launch, next_power_of_2
+from lmlang.kernels.split_k import merge_splits, online_softmax_step, split_partials, split_range, store_split_partial
 
 _BLOCK_N = 64
 DEFAULT_KV_SPLITS = 16
@@ -44,11 +45,7 @@ def decode_attention_kernel(
     b = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    start = tl.load(kv_indptr_ptr + b)
-    seq_len = tl.load(kv_indptr_ptr + b + 1) - start
-    split_len = tl.cdiv(seq_len, NUM_SPLITS)
-    lo = split * split_len
-    hi = tl.minimum(lo + split_len, seq_len)
+    start, lo, hi = split_range(kv_indptr_ptr, b, split, NUM_SPLITS)
 
     offs_g = tl.arange(0, BLOCK_G)
     g_mask = offs_g < group_size
@@ -77,46 +74,10 @@ def decode_attention_kernel(
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         score = tl.dot(q, tl.trans(k))  # [BLOCK_G, BLOCK_N]
-        score = tl.where(n_mask[None, :], score * sm_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(score, axis=1))
-        p = tl.exp(score - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(score, n_mask, v, sm_scale, m_i, l_i, acc)
 
-    nonempty = l_i > 0
-    out = acc / tl.where(nonempty, l_i, 1.0)[:, None]
-    lse = tl.where(nonempty, m_i + tl.log(tl.where(nonempty, l_i, 1.0)), float("-inf"))
-    mid = (b * num_q_heads + heads) * NUM_SPLITS + split  # [BLOCK_G] row of (b, h, split)
-    tl.store(mid_out_ptr + mid[:, None] * DV + offs_dv[None, :], out, mask=g_mask[:, None] & dv_mask[None, :])
-    tl.store(mid_lse_ptr + mid, lse, mask=g_mask)
-
-
-@triton.jit
-def decode_attention_merge_kernel(
-    mid_out_ptr,  # [B * Hq, NUM_SPLITS, Dv] float32
-    mid_lse_ptr,  # [B * Hq, NUM_SPLITS] float32
-    out_ptr,  # [B, Hq, Dv]
-    num_q_heads,
-    stride_ob, stride_oh,
-    DV: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)  # b * Hq + h
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    s_mask = offs_s < NUM_SPLITS
-    lse = tl.load(mid_lse_ptr + row * NUM_SPLITS + offs_s, mask=s_mask, other=float("-inf"))
-    m = tl.max(lse, axis=0)
-    m = tl.where(m > float("-inf"), m, 0.0)  # all splits empty: keep exp's argument finite
-    w = tl.where(lse > float("-inf"), tl.exp(lse - m), 0.0)  # [BLOCK_S]
-    parts = tl.load(mid_out_ptr + (row * NUM_SPLITS + offs_s[:, None]) * DV + offs_dv[None, :],
-                    mask=s_mask[:, None] & (offs_dv[None, :] < DV), other=0.0)
-    total = tl.sum(w, axis=0)
-    out = tl.sum(parts * w[:, None], axis=0) / tl.where(total > 0, total, 1.0)
-    b = row // num_q_heads
-    h = row % num_q_heads
-    tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_dv, out.to(out_ptr.dtype.element_ty), mask=offs_dv < DV)
+    store_split_partial(mid_out_ptr, mid_lse_ptr, acc, m_i, l_i, b, heads, g_mask, split, num_q_heads, offs_dv,
+                        DV, NUM_SPLITS)
 
 
 def _check(q, k_buffer, v_buffer, kv_indptr, kv_indices) -> None:
@@ -164,8 +125,7 @@ def decode_attention(
     if b == 0:
         return out
     group = hq // hk
-    mid_out = torch.empty(b, hq, num_kv_splits, dv, dtype=torch.float32, device=q.device)
-    mid_lse = torch.empty(b, hq, num_kv_splits, dtype=torch.float32, device=q.device)
+    mid_out, mid_lse = split_partials(b, hq, num_kv_splits, dv, q.device)
     launch(
         decode_attention_kernel, (b, hk, num_kv_splits),
         q, k_buffer, v_buffer, kv_indptr, kv_indices, mid_out, mid_lse, sm_scale, hq, group,
@@ -174,11 +134,7 @@ def decode_attention(
         BLOCK_G=max(16, next_power_of_2(group)), BLOCK_N=_BLOCK_N, NUM_SPLITS=num_kv_splits,
         DOT_IN_FP32=dot_needs_fp32(q), num_warps=4, num_stages=2,
     )
-    launch(
-        decode_attention_merge_kernel, (b * hq,), mid_out, mid_lse, out, hq, out.stride(0), out.stride(1),
-        DV=dv, NUM_SPLITS=num_kv_splits, BLOCK_S=next_power_of_2(num_kv_splits),
-        BLOCK_DV=max(16, next_power_of_2(dv)), num_warps=4,
-    )
+    merge_splits(mid_out, mid_lse, out)
     return out
 
 

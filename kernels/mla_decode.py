@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from lmlang.kernels.launch import dot_needs_fp32, launch, next_power_of_2
+from lmlang.kernels.split_k import merge_splits, online_softmax_step, split_partials, split_range, store_split_partial
 
 _BLOCK_H = 16
 _BLOCK_N = 32
@@ -43,12 +44,7 @@ def mla_decode_kernel(
     b = tl.program_id(0).to(tl.int64)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     split = tl.program_id(2)
-    start = tl.load(kv_indptr_ptr + b)
-    seq_len = tl.load(kv_indptr_ptr + b + 1) - start
-    split_len = tl.cdiv(seq_len, NUM_SPLITS)
-    lo = split * split_len
-    hi = tl.minimum(lo + split_len, seq_len)
-
+    start, lo, hi = split_range(kv_indptr_ptr, b, split, NUM_SPLITS)
     h_mask = offs_h < num_heads
     offs_r = tl.arange(0, BLOCK_R)
     offs_p = tl.arange(0, BLOCK_P)
@@ -77,46 +73,10 @@ def mla_decode_kernel(
             c_kv = c_kv.to(tl.float32)
             k_pe = k_pe.to(tl.float32)
         score = tl.dot(q, tl.trans(c_kv)) + tl.dot(q_pe, tl.trans(k_pe))  # [BLOCK_H, BLOCK_N]
-        score = tl.where(n_mask[None, :], score * sm_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(score, axis=1))
-        p = tl.exp(score - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        acc = acc * alpha[:, None] + tl.dot(p.to(c_kv.dtype), c_kv)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(score, n_mask, c_kv, sm_scale, m_i, l_i, acc)
 
-    nonempty = l_i > 0
-    out = acc / tl.where(nonempty, l_i, 1.0)[:, None]
-    lse = tl.where(nonempty, m_i + tl.log(tl.where(nonempty, l_i, 1.0)), float("-inf"))
-    mid = (b * num_heads + offs_h) * NUM_SPLITS + split  # [BLOCK_H] row of (b, h, split)
-    tl.store(mid_out_ptr + mid[:, None] * R + offs_r[None, :], out, mask=h_mask[:, None] & r_mask[None, :])
-    tl.store(mid_lse_ptr + mid, lse, mask=h_mask)
-
-
-@triton.jit
-def mla_decode_merge_kernel(
-    mid_out_ptr,  # [B * H, NUM_SPLITS, R] float32
-    mid_lse_ptr,  # [B * H, NUM_SPLITS] float32
-    out_ptr,  # [B, H, R]
-    num_heads,
-    stride_ob, stride_oh,
-    R: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)  # b * H + h
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_r = tl.arange(0, BLOCK_R)
-    s_mask = offs_s < NUM_SPLITS
-    lse = tl.load(mid_lse_ptr + row * NUM_SPLITS + offs_s, mask=s_mask, other=float("-inf"))
-    m = tl.max(lse, axis=0)
-    m = tl.where(m > float("-inf"), m, 0.0)  # all splits empty: keep exp's argument finite
-    w = tl.where(lse > float("-inf"), tl.exp(lse - m), 0.0)  # [BLOCK_S]
-    parts = tl.load(mid_out_ptr + (row * NUM_SPLITS + offs_s[:, None]) * R + offs_r[None, :],
-                    mask=s_mask[:, None] & (offs_r[None, :] < R), other=0.0)
-    total = tl.sum(w, axis=0)
-    out = tl.sum(parts * w[:, None], axis=0) / tl.where(total > 0, total, 1.0)
-    b = row // num_heads
-    h = row % num_heads
-    tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_r, out.to(out_ptr.dtype.element_ty), mask=offs_r < R)
+    store_split_partial(mid_out_ptr, mid_lse_ptr, acc, m_i, l_i, b, offs_h, h_mask, split, num_heads, offs_r,
+                        R, NUM_SPLITS)
 
 
 def _check(q_nope, q_pe, kv_cache, kv_indptr, kv_indices) -> None:
@@ -157,8 +117,7 @@ def mla_decode(
     out = torch.empty(b, h, r, dtype=q_nope_absorbed.dtype, device=q_nope_absorbed.device)
     if b == 0 or h == 0:
         return out
-    mid_out = torch.empty(b, h, num_kv_splits, r, dtype=torch.float32, device=out.device)
-    mid_lse = torch.empty(b, h, num_kv_splits, dtype=torch.float32, device=out.device)
+    mid_out, mid_lse = split_partials(b, h, num_kv_splits, r, out.device)
     launch(
         mla_decode_kernel, (b, triton.cdiv(h, _BLOCK_H), num_kv_splits),
         q_nope_absorbed, q_pe, kv_cache, kv_indptr, kv_indices, mid_out, mid_lse, sm_scale, h,
@@ -167,11 +126,7 @@ def mla_decode(
         BLOCK_R=next_power_of_2(r), BLOCK_P=max(16, next_power_of_2(p)),
         DOT_IN_FP32=dot_needs_fp32(kv_cache), num_warps=4, num_stages=2,
     )
-    launch(
-        mla_decode_merge_kernel, (b * h,), mid_out, mid_lse, out, h, out.stride(0), out.stride(1),
-        R=r, NUM_SPLITS=num_kv_splits, BLOCK_S=next_power_of_2(num_kv_splits), BLOCK_R=next_power_of_2(r),
-        num_warps=4,
-    )
+    merge_splits(mid_out, mid_lse, out)
     return out
 
 
