@@ -252,10 +252,14 @@ def replay(engine, compiled, token_ids):
 
 def bench(workload: str, cases, hf_tokenizer, engines) -> None:
     results = {e.name: {} for e in engines}
-    for name, kind, source, sample in cases:
+    for i, (name, kind, source, sample) in enumerate(cases):
         token_ids = hf_tokenizer.encode(sample, add_special_tokens=False)
         for engine in engines:
+            t0 = time.perf_counter()
             results[engine.name][name] = run_case(engine, kind, source, token_ids)
+            took = time.perf_counter() - t0
+            if took > 10:
+                print(f"  [{i + 1}/{len(cases)}] {engine.name} took {took:.0f}s on {name}", file=sys.stderr, flush=True)
     common = [c[0] for c in cases if all(not isinstance(results[e.name][c[0]], str) for e in engines)]
     num_tokens = sum(len(results[engines[0].name][c][1]) for c in common) if engines else 0
     print(f"\n## {workload}: {len(cases)} constraints; {len(common)} handled by every engine ({num_tokens} tokens)", flush=True)

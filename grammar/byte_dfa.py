@@ -4,9 +4,10 @@
 construction on demand (grammar/lazy_table.py): a state is a set of NFA positions, its row is
 built when first needed. A large counted repetition `X{m,n}` is not unrolled: the NFA holds one
 copy of X plus a `Repeat` record, and a position is (NFA state, counters of the enclosing
-repetitions), so `[^"]{0,8192}` costs one copy of `[^"]` until generation gets that far. NFA states that cannot reach the final state are dropped from every set,
-so a transition to -1 (dead) is exactly "this byte can never lead to a match", and every state
-that exists can still reach an accepting state.
+repetitions), so `[^"]{0,8192}` costs one copy of `[^"]` until generation gets that far. NFA
+states that cannot reach the final state are dropped from every set, so a transition to -1
+(dead) is exactly "this byte can never lead to a match", and every state that exists can still
+reach an accepting state.
 """
 
 from __future__ import annotations
@@ -51,13 +52,14 @@ class ByteDFA(LazyTable):
         horizon: int | None = None,
     ):
         self.byte_class = _byte_classes(nfa)
+        self._class_list = self.byte_class.tolist()
         num_classes = int(self.byte_class.max()) + 1
         self.accept = np.zeros(0, dtype=bool)
         super().__init__(num_classes, max_states, what)
         self._args = (nfa, start, final, max_states, what, nonempty, shortest)
         self._far = None if horizon is None else horizon + 1
         self._views: dict[int, ByteDFA] = {}
-        self._to_view: dict[int, int] = {}
+        self._to_view: dict[tuple[int, int], int] = {}  # (view's FAR, state) -> view state
         self._final = (final, ())
         self._shortest = shortest
         self._eps = nfa.eps
@@ -195,27 +197,27 @@ class ByteDFA(LazyTable):
         """The state of `view` (from `self.view(...)`) that `state` behaves like within the horizon."""
         if view is self or state == 0:
             return state
-        hit = self._to_view.get(state)
+        far = view._far
+        hit = self._to_view.get((far, state))
         if hit is None:
-            far = view._far
             positions = frozenset(
                 (s, tuple(_clamp_pair(pair, far) for pair in ctr)) if ctr else (s, ctr) for s, ctr in self._sets[state]
             )
             with view._lock:
-                hit = self._to_view[state] = view._intern(positions)
+                hit = self._to_view[(far, state)] = view._intern(positions)
         return hit
 
     def is_empty_language(self) -> bool:
         return not self.accept[0] and bool((self.row(0) < 0).all())
 
     def step(self, state: int, byte: int) -> int:
-        return int(self.row(state)[self.byte_class[byte]])
+        return self.row_list(state)[self._class_list[byte]]
 
     def run(self, data: bytes, state: int = 0) -> int:
         """The state after `data` from `state`; -1 if dead."""
-        cls = self.byte_class
+        cls = self._class_list
         for b in data:
-            state = int(self.row(state)[cls[b]])
+            state = self.row_list(state)[cls[b]]
             if state < 0:
                 return -1
         return state

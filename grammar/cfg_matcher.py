@@ -5,10 +5,10 @@ a byte extends the current lexeme if the lexer can take it (greedy); otherwise, 
 far completes some terminals, those go to the parser (a new Earley node, whose expected terminals
 pick the next lexer) and the byte starts the next lexeme; otherwise the token is rejected.
 
-Masks. Walking the token trie through the lexer from state s gives (cached per (forest, lexer,
-s), independent of the parse): the tokens that stay inside the current lexeme, and for each
-terminal group g that can end the lexeme inside a token, the forest of trie subtrees that
-continue after that boundary. The mask is then
+Masks. Walking the token trie through the lexer from state s gives (independent of the parse,
+cached per (forest, lexer, s) with s taken in the lexer's horizon view, see ByteDFA): the tokens
+that stay inside the current lexeme, and for each terminal group g that can end the lexeme
+inside a token, the forest of trie subtrees that continue after that boundary. The mask is then
     mask(node, forest, s) = inside ∪ ⋃_g mask(node.advance(g), forest_g, 0)
 where only `advance` (an Earley step, memoized on the node) depends on the parse. Results are
 memoized per node, so while a lexeme is open (most tokens) the mask is a cached array.

@@ -30,6 +30,7 @@ class LazyTable(ABC):
         self.max_states = max_states
         self.what = what
         self.num_states = 0
+        self._row_lists: dict[int, list[int]] = {}
         self._lock = threading.RLock()
         self._allocate(64)
 
@@ -73,6 +74,13 @@ class LazyTable(ABC):
         if not self.built[state]:
             self.ensure(np.array([state]))
         return self.table[state]
+
+    def row_list(self, state: int) -> list[int]:
+        """The row as a Python list (cached), for byte-at-a-time stepping."""
+        row = self._row_lists.get(state)
+        if row is None:
+            row = self._row_lists[state] = self.row(state).tolist()
+        return row
 
     @abstractmethod
     def _build_row(self, state: int) -> list[int]:

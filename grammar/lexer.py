@@ -56,6 +56,7 @@ class Lexer(LazyTable):
         else:
             joint = np.zeros((0, 1), dtype=np.int64)
             self.byte_class = np.zeros(256, dtype=np.int64)
+        self._class_list = self.byte_class.tolist()
         self._joint = list(joint)  # [part] -> that part's byte class for each joint class
         self._groups = groups
         self.accept_group = np.full(1, -1, dtype=np.int64)
@@ -121,7 +122,7 @@ class Lexer(LazyTable):
         return hit
 
     def step(self, state: int, byte: int) -> int:
-        return int(self.row(state)[self.byte_class[byte]])
+        return self.row_list(state)[self._class_list[byte]]
 
     def live_bytes(self, state: int) -> np.ndarray:
         return np.nonzero(self.row(state)[self.byte_class] >= 0)[0]
