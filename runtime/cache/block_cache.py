@@ -7,33 +7,32 @@ are cached: the tail of a prompt shorter than a block is always recomputed.
 
 A node handle is the last block of a matched chain; locking reference-counts every block of the
 chain. Eviction frees unreferenced blocks that no cached block chains from (leaf blocks), least
-recently used first, through a lazily invalidated heap (as in the radix cache). A block also keeps
+recently used first, through the lazily invalidated heap of `lru.LruTreeCache`. A block also keeps
 its tokens and its parent so that a hash collision is a miss, never a wrong match.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from typing import Any, Optional, Sequence
 
 import torch
 
-from lmlang.runtime.cache.base import MatchResult, PrefixCache, as_token_list, register_cache
+from lmlang.runtime.cache.base import MatchResult, as_token_list, register_cache
+from lmlang.runtime.cache.lru import LruTreeCache, join_slots
 
-_EMPTY = torch.empty(0, dtype=torch.int64)
 _ROOT_HASH = 0
 
 
 class _Block:
-    __slots__ = ("hash", "tokens", "parent", "slots", "ref", "last_access", "end", "num_children", "in_heap", "id")
+    __slots__ = ("hash", "tokens", "parent", "slots", "lock_ref", "last_access", "end", "num_children", "in_heap", "id")
 
     def __init__(self, h: int, tokens: tuple, parent: Optional["_Block"], slots: torch.Tensor, node_id: int) -> None:
         self.hash = h
         self.tokens = tokens
         self.parent = parent
         self.slots = slots  # [block_size] int64, owned by the cache
-        self.ref = 0
+        self.lock_ref = 0
         self.last_access = 0
         self.end = len(tokens) if parent is None else parent.end + len(tokens)  # tokens on the chain
         self.num_children = 0  # cached blocks whose parent this is
@@ -42,21 +41,16 @@ class _Block:
 
 
 @register_cache("block")
-class BlockCache(PrefixCache):
+class BlockCache(LruTreeCache):
     """Chained-hash cache of full `block_size`-token blocks; see the module docstring."""
 
     def __init__(self, allocator: Any, page_size: int = 1, block_size: int = 16) -> None:
         if page_size < 1 or block_size % page_size != 0:
             raise ValueError(f"the block cache needs page_size ({page_size}) to divide block_size ({block_size})")
-        self.allocator = allocator
-        self.page_size = page_size
+        super().__init__(allocator, page_size)
         self.block_size = block_size
         self._blocks: dict[int, _Block] = {}
         self._ids = itertools.count()
-        self._clock = 0
-        self._heap: list = []  # (last_access, id, block) of candidate leaf blocks
-        self._evictable = 0
-        self._protected = 0
 
     def _chain(self, tokens: list):
         """Yields (hash, block tokens, cached block or None) for the full blocks of `tokens`; the
@@ -94,54 +88,27 @@ class BlockCache(PrefixCache):
             block.last_access = now
             pieces.append(block.slots)
             last = block
-        return MatchResult(self._join(pieces), last)
+        return MatchResult(join_slots(pieces), last)
 
-    @staticmethod
-    def _join(pieces: list) -> torch.Tensor:
-        if not pieces:
-            return _EMPTY
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    def _node_size(self, node: _Block) -> int:
+        return self.block_size
 
-    def cached_length(self, node: Any) -> int:
-        return 0 if node is None else node.end
+    def _is_evictable_leaf(self, node: _Block) -> bool:
+        return node.num_children == 0 and node.lock_ref == 0 and self._blocks.get(node.hash) is node
 
-    def lock(self, node: Any) -> None:
-        while node is not None:
-            if node.ref == 0:
-                self._evictable -= self.block_size
-                self._protected += self.block_size
-            node.ref += 1
-            node = node.parent
-
-    def unlock(self, node: Any) -> None:
-        last = node
-        while node is not None:
-            if node.ref <= 0:
-                raise RuntimeError("BlockCache.unlock: block is not locked")
-            node.ref -= 1
-            if node.ref == 0:
-                self._evictable += self.block_size
-                self._protected -= self.block_size
-            node = node.parent
-        if last is not None:
-            self._offer(last)
-
-    def evictable_size(self) -> int:
-        return self._evictable
-
-    def protected_size(self) -> int:
-        return self._protected
+    def _remove(self, node: _Block) -> Optional[_Block]:
+        del self._blocks[node.hash]
+        parent = node.parent
+        if parent is not None:
+            parent.num_children -= 1
+        return parent
 
     def _insert_request(self, token_ids: Sequence[int], slots: torch.Tensor, node: Any) -> tuple[Any, int, list]:
         """Caches the request's full blocks. Returns the last cached block of its chain, how many
         leading tokens the cache now owns, and their slot tensors. Frees the request's blocks
         that duplicate cached ones; what lies beyond the returned length stays the request's."""
         tokens = as_token_list(token_ids)
-        if len(tokens) != slots.shape[0]:
-            raise ValueError(f"token_ids ({len(tokens)}) and slots ({slots.shape[0]}) differ in length")
-        owned_from = self.cached_length(node)
-        if owned_from > len(tokens):
-            raise ValueError("token_ids is shorter than the request's locked prefix")
+        owned_from = self._owned_from(tokens, slots, node)
         bs = self.block_size
         self._clock += 1
         pieces = []
@@ -169,50 +136,3 @@ class BlockCache(PrefixCache):
         if hit_end > owned_from:
             self.allocator.free(slots[owned_from:hit_end])
         return prev, end, pieces
-
-    def cache_finished(self, token_ids: Sequence[int], slots: torch.Tensor, node: Any) -> None:
-        _, end, _ = self._insert_request(token_ids, slots, node)
-        if end < slots.shape[0]:
-            self.allocator.free(slots[end:])
-        self.unlock(node)
-
-    def cache_unfinished(self, token_ids: Sequence[int], slots: torch.Tensor, node: Any) -> MatchResult:
-        last, end, pieces = self._insert_request(token_ids, slots, node)
-        new_slots = self._join(pieces + [slots[end:]])
-        self.lock(last)
-        self.unlock(node)
-        return MatchResult(new_slots, last)
-
-    def _offer(self, block: _Block) -> None:
-        """Gives `block` a heap entry if it is an evictable leaf without one."""
-        if not block.in_heap and block.num_children == 0 and block.ref == 0:
-            block.in_heap = True
-            heapq.heappush(self._heap, (block.last_access, block.id, block))
-
-    def evict(self, num_tokens: int) -> int:
-        freed = 0
-        heap = self._heap
-        released = []  # freed in one call: one allocator round trip however many leaves go
-        while freed < num_tokens and heap:
-            stamp, _, block = heapq.heappop(heap)
-            if self._blocks.get(block.hash) is not block or block.num_children or block.ref > 0:
-                block.in_heap = False
-                continue
-            if block.last_access != stamp:
-                heapq.heappush(heap, (block.last_access, block.id, block))
-                continue
-            block.in_heap = False
-            del self._blocks[block.hash]
-            released.append(block.slots)
-            freed += self.block_size
-            self._evictable -= self.block_size
-            parent = block.parent
-            if parent is not None:
-                parent.num_children -= 1
-                self._offer(parent)
-        if released:
-            self.allocator.free(torch.cat(released))
-        return freed
-
-    def reset(self) -> None:
-        self.evict(self._evictable)

@@ -6,22 +6,19 @@ their first page as a tuple, so a lookup costs one dict probe and one list-slice
 node on the path: O(prompt length) with C-level constants. A match that ends inside an edge splits
 that node, so every handle stands for exactly the prefix it matched.
 
-Locks are reference counts on every node of the path root..node. Eviction frees whole unlocked
-leaves in least-recently-used order through a heap with lazy invalidation: a node has at most one
-heap entry, stamped with its access time when pushed; a popped entry whose node was touched since
-is pushed again with the new time, one that is no longer an evictable leaf is dropped. Times come
-from a counter bumped once per lookup or insertion, so equal times mean the same operation.
+Locks and eviction (reference counts on the path, whole unlocked leaves freed least recently used
+first through a lazily invalidated heap) are `lru.LruTreeCache`'s.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from typing import Any, Optional, Sequence
 
 import torch
 
-from lmlang.runtime.cache.base import MatchResult, PrefixCache, as_token_list, register_cache
+from lmlang.runtime.cache.base import MatchResult, as_token_list, register_cache
+from lmlang.runtime.cache.lru import LruTreeCache, join_slots
 
 _EMPTY = torch.empty(0, dtype=torch.int64)
 _CHUNK = 32  # tokens compared per list slice when locating a mismatch inside an edge
@@ -54,20 +51,15 @@ def _common_len(key: list, tokens: list, start: int) -> int:
 
 
 @register_cache("radix")
-class RadixCache(PrefixCache):
+class RadixCache(LruTreeCache):
     """Variable-length token prefixes in a radix tree; see the module docstring."""
 
     def __init__(self, allocator: Any, page_size: int = 1) -> None:
         if page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {page_size}")
-        self.allocator = allocator
-        self.page_size = page_size
+        super().__init__(allocator, page_size)
         self._ids = itertools.count()
-        self._clock = 0
-        self._heap: list = []  # (last_access, id, node) of candidate leaves
         self.root = _Node([], _EMPTY, None, 0, next(self._ids))
-        self._evictable = 0
-        self._protected = 0
 
     # ---- lookup ---------------------------------------------------------------------------
 
@@ -123,45 +115,7 @@ class RadixCache(PrefixCache):
         tokens = as_token_list(token_ids)
         usable = len(tokens) - len(tokens) % self.page_size
         node, pieces = self._walk(tokens[:usable] if usable < len(tokens) else tokens)
-        return MatchResult(self._join(pieces), None if node is self.root else node)
-
-    @staticmethod
-    def _join(pieces: list) -> torch.Tensor:
-        if not pieces:
-            return _EMPTY
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-
-    def cached_length(self, node: Any) -> int:
-        return 0 if node is None else node.end
-
-    # ---- locks ----------------------------------------------------------------------------
-
-    def lock(self, node: Any) -> None:
-        while node is not None and node is not self.root:
-            if node.lock_ref == 0:
-                self._evictable -= len(node.key)
-                self._protected += len(node.key)
-            node.lock_ref += 1
-            node = node.parent
-
-    def unlock(self, node: Any) -> None:
-        leaf = node
-        while node is not None and node is not self.root:
-            if node.lock_ref <= 0:
-                raise RuntimeError("RadixCache.unlock: node is not locked")
-            node.lock_ref -= 1
-            if node.lock_ref == 0:
-                self._evictable += len(node.key)
-                self._protected -= len(node.key)
-            node = node.parent
-        if leaf is not None:
-            self._offer(leaf)
-
-    def evictable_size(self) -> int:
-        return self._evictable
-
-    def protected_size(self) -> int:
-        return self._protected
+        return MatchResult(join_slots(pieces), None if node is self.root else node)
 
     # ---- insertion ------------------------------------------------------------------------
 
@@ -181,66 +135,28 @@ class RadixCache(PrefixCache):
             node = leaf
         return node, matched, pieces
 
-    def _insert_request(self, token_ids: Sequence[int], slots: torch.Tensor, node: Any) -> tuple[_Node, int, list]:
+    def _insert_request(self, token_ids: Sequence[int], slots: torch.Tensor, node: Any) -> tuple[Optional[_Node], int, list]:
         """Shared part of `cache_finished` / `cache_unfinished`: inserts the request's whole
         pages and frees its slots that duplicate tokens cached meanwhile."""
         tokens = as_token_list(token_ids)
-        if len(tokens) != slots.shape[0]:
-            raise ValueError(f"token_ids ({len(tokens)}) and slots ({slots.shape[0]}) differ in length")
-        owned_from = self.cached_length(node)
-        if owned_from > len(tokens):
-            raise ValueError("token_ids is shorter than the request's locked prefix")
+        owned_from = self._owned_from(tokens, slots, node)
         usable = len(tokens) - len(tokens) % self.page_size
         new_node, matched, pieces = self._insert(tokens[:usable], slots[:usable])
         if matched > owned_from:
             self.allocator.free(slots[owned_from:matched])
-        return new_node, usable, pieces
+        return None if new_node is self.root else new_node, usable, pieces
 
-    def cache_finished(self, token_ids: Sequence[int], slots: torch.Tensor, node: Any) -> None:
-        _, usable, _ = self._insert_request(token_ids, slots, node)
-        if usable < slots.shape[0]:
-            self.allocator.free(slots[usable:])
-        self.unlock(node)
+    # ---- eviction hooks -------------------------------------------------------------------
 
-    def cache_unfinished(self, token_ids: Sequence[int], slots: torch.Tensor, node: Any) -> MatchResult:
-        new_node, usable, pieces = self._insert_request(token_ids, slots, node)
-        new_slots = self._join(pieces + [slots[usable:]])
-        handle = None if new_node is self.root else new_node
-        self.lock(handle)
-        self.unlock(node)
-        return MatchResult(new_slots, handle)
+    def _node_size(self, node: _Node) -> int:
+        return len(node.key)
 
-    # ---- eviction -------------------------------------------------------------------------
+    def _is_evictable_leaf(self, node: _Node) -> bool:
+        # parent is None for the root and for removed nodes
+        return not node.children and node.lock_ref == 0 and node.parent is not None
 
-    def _offer(self, node: _Node) -> None:
-        """Gives `node` a heap entry if it is an evictable leaf without one."""
-        if not node.in_heap and not node.children and node.lock_ref == 0 and node is not self.root:
-            node.in_heap = True
-            heapq.heappush(self._heap, (node.last_access, node.id, node))
-
-    def evict(self, num_tokens: int) -> int:
-        freed = 0
-        heap = self._heap
-        released = []  # freed in one call: one allocator round trip however many leaves go
-        while freed < num_tokens and heap:
-            stamp, _, node = heapq.heappop(heap)
-            if node.parent is None or node.children or node.lock_ref > 0:
-                node.in_heap = False
-                continue
-            if node.last_access != stamp:
-                heapq.heappush(heap, (node.last_access, node.id, node))
-                continue
-            node.in_heap = False
-            parent = node.parent
-            del parent.children[self._child_key(node.key, 0)]
-            node.parent = None
-            released.append(node.slots)
-            freed += len(node.key)
-            self._evictable -= len(node.key)
-            self._offer(parent)
-        if released:
-            self.allocator.free(torch.cat(released))
-        return freed
-
-    def reset(self) -> None:
-        self.evict(self._evictable)
+    def _remove(self, node: _Node) -> _Node:
+        parent = node.parent
+        del parent.children[self._child_key(node.key, 0)]
+        node.parent = None
+        return parent
