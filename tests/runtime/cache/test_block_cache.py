@@ -12,25 +12,10 @@ def make(num_slots=512, page_size=1):
     return alloc, create_prefix_cache("block", alloc, page_size)
 
 
-def check_accounting(alloc, cache, owned_slots=()):
-    pages = {(s - 1) // alloc.page_size for t in owned_slots for s in t.tolist()}
-    owned = len(pages) * alloc.page_size
-    assert alloc.available() + cache.evictable_size() + cache.protected_size() + owned == alloc.total
-
-
-def run_request(alloc, cache, tokens):
-    m = cache.match_prefix(tokens)
-    cache.lock(m.node)
-    last = int(m.slots[-1]) if m.length else None
-    own = alloc.alloc(len(tokens) - m.length, last_slot=last)
-    cache.cache_finished(tokens, torch.cat([m.slots, own]), m.node)
-    return m.length
-
-
 A, B, C = list(range(16)), list(range(100, 116)), list(range(200, 216))
 
 
-def test_only_full_blocks_are_cached():
+def test_only_full_blocks_are_cached(check_accounting):
     alloc, cache = make()
     tokens = A + B + [1, 2, 3, 4, 5, 6, 7, 8]
     slots = alloc.alloc(len(tokens))
@@ -45,7 +30,7 @@ def test_only_full_blocks_are_cached():
     check_accounting(alloc, cache)
 
 
-def test_a_block_matches_only_after_the_same_prefix():
+def test_a_block_matches_only_after_the_same_prefix(run_request):
     alloc, cache = make()
     run_request(alloc, cache, A + B)
     assert cache.match_prefix(B).length == 0
@@ -63,7 +48,7 @@ def test_duplicates_are_freed():
     assert cache.match_prefix(A + B).slots.tolist() == s1.tolist()
 
 
-def test_lock_protects_the_chain_and_leaves_go_first_in_lru_order():
+def test_lock_protects_the_chain_and_leaves_go_first_in_lru_order(run_request):
     alloc, cache = make()
     run_request(alloc, cache, A + B)
     run_request(alloc, cache, A + C)
@@ -80,7 +65,7 @@ def test_lock_protects_the_chain_and_leaves_go_first_in_lru_order():
         cache.unlock(m.node)
 
 
-def test_cache_unfinished_keeps_the_partial_block():
+def test_cache_unfinished_keeps_the_partial_block(check_accounting):
     alloc, cache = make()
     tokens = A + [1, 2, 3]
     slots = alloc.alloc(19)
@@ -95,7 +80,7 @@ def test_cache_unfinished_keeps_the_partial_block():
     check_accounting(alloc, cache)
 
 
-def test_pages_must_divide_the_block():
+def test_pages_must_divide_the_block(check_accounting, run_request):
     alloc, cache = make(num_slots=256, page_size=4)
     assert run_request(alloc, cache, A + B + [5, 5]) == 0
     assert run_request(alloc, cache, A + B + [5, 5]) == 32

@@ -12,30 +12,14 @@ def make(num_slots=256, page_size=1):
     return alloc, create_prefix_cache("radix", alloc, page_size)
 
 
-def check_accounting(alloc, cache, owned_slots=()):
-    pages = {(s - 1) // alloc.page_size for t in owned_slots for s in t.tolist()}
-    owned = len(pages) * alloc.page_size
-    assert alloc.available() + cache.evictable_size() + cache.protected_size() + owned == alloc.total
-
-
-def run_request(alloc, cache, tokens):
-    """The engine's lifecycle for a request that finishes at once; returns the tokens it matched."""
-    m = cache.match_prefix(tokens)
-    cache.lock(m.node)
-    last = int(m.slots[-1]) if m.length else None
-    own = alloc.alloc(len(tokens) - m.length, last_slot=last)
-    cache.cache_finished(tokens, torch.cat([m.slots, own]), m.node)
-    return m.length
-
-
-def test_empty_cache_matches_nothing():
+def test_empty_cache_matches_nothing(check_accounting):
     alloc, cache = make()
     m = cache.match_prefix([1, 2, 3])
     assert m.length == 0 and m.node is None and m.slots.dtype == torch.int64
     check_accounting(alloc, cache)
 
 
-def test_finished_request_is_matched_with_its_slots():
+def test_finished_request_is_matched_with_its_slots(check_accounting):
     alloc, cache = make()
     slots = alloc.alloc(6)
     cache.cache_finished([1, 2, 3, 4, 5, 6], slots, None)
@@ -46,7 +30,7 @@ def test_finished_request_is_matched_with_its_slots():
     check_accounting(alloc, cache)
 
 
-def test_partial_match_splits_the_edge():
+def test_partial_match_splits_the_edge(check_accounting):
     alloc, cache = make()
     slots = alloc.alloc(6)
     cache.cache_finished([1, 2, 3, 4, 5, 6], slots, None)
@@ -67,7 +51,7 @@ def test_partial_match_splits_the_edge():
     assert cache2.match_prefix([1, 2, 3, 4, 5, 6]).slots.tolist() == s2.tolist()
 
 
-def test_branches_share_their_prefix():
+def test_branches_share_their_prefix(check_accounting, run_request):
     alloc, cache = make()
     assert run_request(alloc, cache, [1, 2, 3, 4, 5]) == 0
     assert run_request(alloc, cache, [1, 2, 3, 7, 8]) == 3
@@ -88,7 +72,7 @@ def test_duplicates_of_cached_tokens_are_freed():
     assert cache.match_prefix([1, 2, 3, 4]).slots.tolist() == a.tolist()
 
 
-def test_lock_protects_from_eviction_and_unlock_releases():
+def test_lock_protects_from_eviction_and_unlock_releases(run_request):
     alloc, cache = make()
     run_request(alloc, cache, [1, 2, 3, 4])
     run_request(alloc, cache, [5, 6, 7])
@@ -107,7 +91,7 @@ def test_lock_protects_from_eviction_and_unlock_releases():
         cache.unlock(m.node)
 
 
-def test_eviction_is_least_recently_used_first():
+def test_eviction_is_least_recently_used_first(run_request):
     alloc, cache = make()
     for first in (10, 20, 30):
         run_request(alloc, cache, [first, 1, 2])
@@ -123,7 +107,7 @@ def test_eviction_is_least_recently_used_first():
     assert cache.match_prefix([10, 1, 2]).length == 3
 
 
-def test_leaves_are_evicted_before_their_parents():
+def test_leaves_are_evicted_before_their_parents(check_accounting, run_request):
     alloc, cache = make()
     run_request(alloc, cache, [1, 2, 3, 4])
     run_request(alloc, cache, [1, 2, 3, 4, 5, 6])  # child edge [5, 6]
@@ -132,7 +116,7 @@ def test_leaves_are_evicted_before_their_parents():
     check_accounting(alloc, cache)
 
 
-def test_cache_unfinished_hands_the_prefix_to_the_cache():
+def test_cache_unfinished_hands_the_prefix_to_the_cache(check_accounting, run_request):
     alloc, cache = make()
     run_request(alloc, cache, [1, 2, 3])
     tokens = [1, 2, 3, 4, 5]
@@ -152,7 +136,7 @@ def test_cache_unfinished_hands_the_prefix_to_the_cache():
     check_accounting(alloc, cache)
 
 
-def test_pages_match_and_insert_whole_pages_only():
+def test_pages_match_and_insert_whole_pages_only(check_accounting):
     alloc, cache = make(num_slots=64, page_size=4)
     tokens = list(range(10))
     slots = alloc.alloc(10)
@@ -173,7 +157,7 @@ def test_pages_match_and_insert_whole_pages_only():
     assert m.length == 8 and [(s - 1) % 4 for s in m.slots.tolist()] == [i % 4 for i in range(8)]
 
 
-def test_pages_branch_inside_a_page():
+def test_pages_branch_inside_a_page(check_accounting, run_request):
     alloc, cache = make(num_slots=64, page_size=4)
     assert run_request(alloc, cache, list(range(8))) == 0
     assert run_request(alloc, cache, [0, 1, 2, 3, 4, 5, 9, 9]) == 4
@@ -183,7 +167,7 @@ def test_pages_branch_inside_a_page():
     assert alloc.available() == alloc.total
 
 
-def test_reset_keeps_locked_paths():
+def test_reset_keeps_locked_paths(check_accounting, run_request):
     alloc, cache = make()
     run_request(alloc, cache, [1, 2, 3])
     run_request(alloc, cache, [1, 2, 9, 9])
@@ -195,7 +179,7 @@ def test_reset_keeps_locked_paths():
     check_accounting(alloc, cache)
 
 
-def test_accepts_tuples_and_tensors_and_rejects_bad_lengths():
+def test_accepts_tuples_and_tensors_and_rejects_bad_lengths(run_request):
     alloc, cache = make()
     run_request(alloc, cache, [1, 2, 3])
     assert cache.match_prefix((1, 2, 3)).length == 3
@@ -204,7 +188,7 @@ def test_accepts_tuples_and_tensors_and_rejects_bad_lengths():
         cache.cache_finished([1, 2], alloc.alloc(3), None)
 
 
-def test_long_edges_compare_correctly():
+def test_long_edges_compare_correctly(run_request):
     alloc, cache = make(num_slots=1024)
     base = list(range(500))
     run_request(alloc, cache, base)
