@@ -4,8 +4,9 @@ For every schema of the JSON-Schema-Test-Suite (draft 2020-12, required and opti
 the JSONSchemaBench sample (one split per source), compile it and generate from it; every output
 must parse and validate (jsonschema, the schema's own draft, formats asserted). Per split it
 prints: schemas, compiled (regex / lark), sound (all samples valid and no invalid test instance
-accepted), invalid outputs, refused (GrammarError, by keyword), coverage of the valid test
-instances (serialized compactly, keys in schema order, as `json_schema_to_grammar` emits them).
+accepted), samples (finished generations), cut (generations that hit --max-tokens first, not
+judged), invalid outputs, coverage of the valid test instances (serialized compactly, keys in
+schema order, as `json_schema_to_grammar` emits them), refused (GrammarError, by keyword).
 
 Modes:
   --mode core    (default) lmlang.grammar.GrammarCompiler for a small byte-level BPE tokenizer;
@@ -284,6 +285,7 @@ class SplitStats:
     lark: int = 0
     sound: int = 0
     samples: int = 0
+    unfinished: int = 0
     invalid_outputs: int = 0
     invalid_instances_accepted: int = 0
     valid_instances: int = 0
@@ -487,6 +489,7 @@ def run_case(case: Case, generator: Any, samples: int, stats: SplitStats, failur
     for _ in range(samples):
         text = generator.generate(prepared)
         if text is None:
+            stats.unfinished += 1
             continue
         stats.samples += 1
         if not is_valid(validator, text):
@@ -497,13 +500,16 @@ def run_case(case: Case, generator: Any, samples: int, stats: SplitStats, failur
 
 
 def print_table(results: dict[str, SplitStats]) -> None:
-    header = f"{'split':<18}{'schemas':>8}{'compiled':>9}{'(regex/lark)':>13}{'sound':>7}{'samples':>8}{'invalid':>8}{'cover':>8}  refused (top keywords)"
+    header = (
+        f"{'split':<18}{'schemas':>8}{'compiled':>9}{'(regex/lark)':>13}{'sound':>7}{'samples':>8}{'cut':>5}"
+        f"{'invalid':>8}{'cover':>7}  refused (top keywords)"
+    )
     print(header)
     print("-" * len(header))
     total = SplitStats()
     for split, s in list(results.items()) + [("TOTAL", total)]:
         if split != "TOTAL":
-            for f in ("schemas", "regex", "lark", "sound", "samples", "invalid_outputs", "invalid_instances_accepted", "valid_instances", "valid_instances_accepted"):
+            for f in ("schemas", "regex", "lark", "sound", "samples", "unfinished", "invalid_outputs", "invalid_instances_accepted", "valid_instances", "valid_instances_accepted"):
                 setattr(total, f, getattr(total, f) + getattr(s, f))
             total.refused.update(s.refused)
             total.errors.update(s.errors)
@@ -513,11 +519,11 @@ def print_table(results: dict[str, SplitStats]) -> None:
         top = ", ".join(f"{k} {v}" for k, v in s.refused.most_common(4))
         errors = sum(s.errors.values())
         print(
-            f"{split:<18}{s.schemas:>8}{compiled:>9}{f'({s.regex}/{s.lark})':>13}{s.sound:>7}{s.samples:>8}"
-            f"{s.invalid_outputs:>8}{cover:>8}  {refused}: {top}" + (f"  [core errors {errors}]" if errors else "")
+            f"{split:<18}{s.schemas:>8}{compiled:>9}{f'({s.regex}/{s.lark})':>13}{s.sound:>7}{s.samples:>8}{s.unfinished:>5}"
+            f"{s.invalid_outputs:>8}{cover:>7}  {refused}: {top}" + (f"  [errors {errors}]" if errors else "")
         )
     if total.errors:
-        print("core errors:", dict(total.errors.most_common(8)))
+        print("errors:", dict(total.errors.most_common(8)))
     print(f"invalid test instances accepted: {total.invalid_instances_accepted}")
 
 

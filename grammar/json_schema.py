@@ -32,6 +32,7 @@ JSON path; so are malformed and unsatisfiable schemas.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -40,7 +41,7 @@ from .json_schema_document import ASSERTION_KEYWORDS, TYPE_KEYWORDS, SchemaDocum
 from .json_schema_ecma import PatternError, pattern_regex
 from .json_schema_flatten import Flat, Located, flatten
 from .json_schema_ir import EMPTY, Grammar, Lit, Node, Pat, Ref, alt, escape_literal, rep, seq
-from .json_schema_numbers import number_range_regex
+from .json_schema_numbers import multiple_of_regex, number_range_regex
 from .json_schema_objects import build_array, build_object
 from .json_schema_oneof import candidates, exclusive, required_only_branches
 from .json_schema_strings import (
@@ -138,8 +139,6 @@ def _reaches_final(fsm, state) -> bool:
 class _Builder:
     """Builds the IR of a document's schemas; named rules for `$ref` targets."""
 
-    strict = True
-
     def __init__(self, doc: SchemaDocument, ws: str | None):
         self.doc = doc
         self.ws = ws
@@ -150,7 +149,6 @@ class _Builder:
         self._active: dict[tuple, str] = {}
         self._recursive: set[str] = set()
         self._combined: dict[tuple, Located] = {}
-        self._keepalive: list = []
         self.unsat_reasons: list[str] = []
 
     def note_unsat(self, reason: str) -> None:
@@ -202,10 +200,8 @@ class _Builder:
         if len(locs) == 1:
             return self.gen(locs[0])
         key = tuple(id(loc.schema) for loc in locs)
-        if key not in self._combined:
-            combined = {"allOf": [loc.schema for loc in locs]}
-            self._keepalive.append(combined)
-            self._combined[key] = Located(combined, locs[0].base, locs[0].path)
+        if key not in self._combined:  # one object per conjunction: gen_flat memoizes by identity
+            self._combined[key] = Located({"allOf": [loc.schema for loc in locs]}, locs[0].base, locs[0].path)
         return self.gen_flat(locs, frozenset(), self._combined[key])
 
     def _ref(self, loc: Located) -> Node:
@@ -331,15 +327,27 @@ class _Builder:
         return build_object(self, flat, origin)
 
     def _number(self, flat: Flat, integer_only: bool) -> Node | None:
-        for value, path in flat.multiple_of:
-            if value != 1:
-                raise GrammarError(f"multipleOf at {path} is not supported (only 1)")
-            integer_only = True
+        if flat.multiple_of:
+            return self._multiple_of(flat)
         regex = number_range_regex(flat.lower, flat.upper, integer_only)
         if regex is None:
             self.note_unsat(f"no number satisfies {', '.join(flat.bound_paths)}")
             return None
         return Pat(regex)
+
+    def _multiple_of(self, flat: Flat) -> Node:
+        """Integer multipleOf: multiples of 1, or of a divisor of 1000, without bounds (a
+        non-integer is never a multiple of an integer, so numbers are generated as integers)."""
+        step = 1
+        for value, path in flat.multiple_of:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise GrammarError(f"multipleOf at {path} is not supported (only integers)")
+            step = math.lcm(step, value)
+        regex = multiple_of_regex(step)
+        if regex is None or (step != 1 and (flat.lower or flat.upper)):
+            path = flat.multiple_of[0][1]
+            raise GrammarError(f"multipleOf at {path} is not supported (1, or a divisor of 1000 without bounds)")
+        return Pat(regex if step != 1 else number_range_regex(flat.lower, flat.upper, True))
 
     def _string(self, flat: Flat) -> Node | None:
         lo, hi = flat.min_length, flat.max_length
@@ -386,7 +394,7 @@ class _Builder:
         flats = [flatten(self.doc, r, resolved) for r in branch_roots]
         for i, fi in enumerate(flats):
             for j in range(i + 1, len(flats)):
-                if not exclusive(self.doc, fi, flats[j], d.branches[i], d.branches[j]):
+                if not exclusive(self.doc, fi, flats[j], [d.branches[i].schema], [d.branches[j].schema]):
                     rewritten = required_only_branches(self.doc, d.branches)
                     if rewritten is None:
                         raise GrammarError(f"oneOf at {d.path}: cannot prove branches {i} and {j} mutually exclusive")

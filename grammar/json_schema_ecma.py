@@ -325,16 +325,16 @@ def _with_counts(items: list, positions: list[int], counts: list[tuple]) -> list
     return out
 
 
-def _to_ir(node: tuple) -> Node | None:
+def _to_ir(node: tuple, upper: bool) -> Node | None:
     kind = node[0]
     if kind == "set":
-        unit = unit_regex(node[1])
+        unit = unit_regex(node[2] if upper else node[1])
         return None if unit is None else Pat(unit)
     if kind == "rep":
-        return rep(_to_ir(node[1]), node[2], node[3])
+        return rep(_to_ir(node[1], upper), node[2], node[3])
     if kind == "seq":
-        return seq(*(_to_ir(n) for n in node[1])) if node[1] else EMPTY
-    return alt(*(_to_ir(n) for n in node[1]))
+        return seq(*(_to_ir(n, upper) for n in node[1])) if node[1] else EMPTY
+    return alt(*(_to_ir(n, upper) for n in node[1]))
 
 
 def simple_key_pattern(pattern: str) -> tuple[str, Charset] | None:
@@ -366,15 +366,35 @@ def simple_key_pattern(pattern: str) -> tuple[str, Charset] | None:
     return prefix, tail
 
 
+def _edge_alternatives(tree: tuple) -> list[list]:
+    """Top-level alternatives as item lists, with groups at either end that hold anchors spread
+    into alternatives of their own: `^(a|$)` is `^a|^$`."""
+    out, todo = [], [list(option[1]) for option in tree[1]]
+    while todo:
+        items = todo.pop(0)
+        first = next((k for k, item in enumerate(items) if item != ("bol",)), None)
+        last = next((k for k in range(len(items) - 1, -1, -1) if items[k] != ("eol",)), None)
+        for index in (first, last):
+            item = items[index] if index is not None else None
+            if item is not None and item[0] == "alt" and _has_anchor(item):
+                todo[:0] = [items[:index] + list(option[1]) + items[index + 1 :] for option in item[1]]
+                break
+        else:
+            out.append(items)
+    return out
+
+
 @functools.lru_cache(maxsize=512)
-def pattern_regex(pattern: str, min_length: int = 0, max_length: int | None = None) -> str | None:
+def pattern_regex(pattern: str, min_length: int = 0, max_length: int | None = None, upper: bool = False) -> str | None:
     """Regex for string bodies (between the quotes) that `pattern` matches (as a search) and whose
     length is in [min_length, max_length], safe to concatenate (an alternation comes grouped);
-    None when no string qualifies. Raises PatternError."""
+    None when no string qualifies. Raises PatternError.
+
+    upper: read every class generously (what ECMA or Python may match) instead of strictly; the
+    result then covers every string either reading matches (used to prove patterns disjoint)."""
     tree = _Parser(pattern).parse()
     alternatives = []
-    for option in tree[1]:
-        items = list(option[1])
+    for items in _edge_alternatives(tree):
         start = bool(items) and items[0] == ("bol",)
         while items and items[0] == ("bol",):
             items.pop(0)
@@ -383,9 +403,11 @@ def pattern_regex(pattern: str, min_length: int = 0, max_length: int | None = No
             items.pop()
         if any(_has_anchor(item) for item in items):
             raise PatternError("'^' or '$' inside the pattern (only at the ends of an alternative)")
-        items = _absorb(([] if start else [_ANY_STAR]) + items + ([] if end else [_ANY_STAR]))
+        # Python's `$` also matches before a final newline: the generous reading allows one.
+        tail = [_ANY_STAR] if not end else [("rep", ("set", charset_of("\n"), charset_of("\n")), 0, 1)] if upper else []
+        items = _absorb(([] if start else [_ANY_STAR]) + items + tail)
         alternatives += [("seq", fitted) for fitted in _fit_length(items, min_length, max_length)]
-    node = _to_ir(("alt", alternatives))
+    node = _to_ir(("alt", alternatives), upper)
     if node is None:
         return None
     if node == EMPTY:

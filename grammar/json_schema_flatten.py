@@ -227,7 +227,7 @@ def _read_dependencies(doc: SchemaDocument, flat: Flat, loc: Located, resolved: 
     {a: [b]} is anyOf[a absent, required [a, b]]; {a: S} is anyOf[a absent, required [a] and S]."""
     s = loc.schema
     for keyword in ("dependentRequired", "dependentSchemas", "dependencies"):
-        if not isinstance(s.get(keyword), dict) or (keyword == "dependencies" and doc.draft >= 2019):
+        if not isinstance(s.get(keyword), dict):
             continue
         for name, dependency in s[keyword].items():
             path = f"{loc.path}/{keyword}/{_token(name)}"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 
-INTEGER_REGEX = "-?(?:0|[1-9][0-9]*)"
+INTEGER_REGEX = "(?:0|-?[1-9][0-9]*)"
 NUMBER_REGEX = "-?(?:0|[1-9][0-9]*)(?:\\.[0-9]+)?(?:[eE][+\\-]?[0-9]+)?"
 _MAX_DOUBLE = Fraction(1.7976931348623157e308)
 
@@ -217,3 +217,17 @@ def number_range_regex(lower: Bound | None, upper: Bound | None, integer_only: b
             if lo is None or lo < 0:
                 out += ["-" + o for o in _fraction_literals(max(-hi, 0.0) if hi is not None else 0.0, None if lo is None else -lo)]
     return _join(out)
+
+
+def multiple_of_regex(k: int) -> str | None:
+    """Canonical integer literals that are multiples of k, when k divides 1000 (else None): a
+    multiple's last digits alone decide it."""
+    j = next((j for j in range(4) if 10**j % k == 0), None)
+    if j is None:
+        return None
+    if j == 0:
+        return INTEGER_REGEX
+    short = [str(n) for n in range(k, 10**j, k)]
+    suffixes = _join([str(n).zfill(j) for n in range(0, 10**j, k)])
+    magnitude = _join(short + [f"[1-9][0-9]*{suffixes}"])
+    return f"(?:0|-?{magnitude})"

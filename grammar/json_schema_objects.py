@@ -113,14 +113,12 @@ def _named_value(builder: "_Builder", parts: list, name: str, origin: Located) -
     """The value language of a named property: the conjunction of what every part requires."""
     locs = []
     for part in parts:
+        matching = [loc for pattern, loc in part.patterns.items() if _pattern_matches(pattern, name, loc.path)]
         if name in part.properties:
             locs.append(part.properties[name])
-            continue
-        matching = [loc for pattern, loc in part.patterns.items() if _pattern_matches(pattern, name, loc.path)]
-        if matching:
-            locs += matching
-        elif part.additional is not None:
+        elif not matching and part.additional is not None:
             locs.append(part.additional)
+        locs += matching
     return builder.conjunction(locs, origin, name)
 
 
@@ -144,7 +142,7 @@ def _unnamed_properties(builder: "_Builder", flat: Flat, names: list[str], origi
     extra_locs, extras = [], True
     for part in parts:
         if part.additional is None:
-            extras = extras and not (builder.strict and (part.properties or part.patterns))
+            extras = extras and not (part.properties or part.patterns)  # the tightening above
         elif part.additional.schema is False:
             extras = False
         else:

@@ -6,10 +6,10 @@ value the union generated would otherwise be invalid. `exclusive` gives sufficie
 
 - the declared types do not meet;
 - one branch is finite (enum/const/null/boolean) and none of its values satisfies the other;
-- strings of disjoint length ranges, numbers of disjoint ranges;
+- strings of disjoint length ranges or of disjoint patterns, numbers of disjoint ranges;
 - objects where a property required by one branch is forbidden by the other
-  (`additionalProperties: false` without it, or a `false` property schema), or takes only values
-  (a finite set) that the other branch's schema for it rejects: the discriminator pattern.
+  (`additionalProperties: false` without it, or a `false` property schema), or required by
+  both with values that exclude each other by these same rules (the discriminator pattern).
 
 `required_only_branches` handles `oneOf: [{required: R1}, {required: R2}, ...]` exactly without a
 proof: branch i becomes "R_i present and, for each j != i, some name of R_j - R_i absent".
@@ -18,8 +18,13 @@ proof: branch i becomes "R_i present and, for each j != i, some name of R_j - R_
 from __future__ import annotations
 
 from .json_schema_document import ASSERTION_KEYWORDS, SchemaDocument
+from .json_schema_ecma import PatternError, pattern_regex
 from .json_schema_flatten import ALL_TYPES, Flat, Located, absent, flatten
 from .json_schema_numbers import Bound
+from .json_schema_strings import regex_fsm
+
+# Pattern regexes longer than this are not compared (the automaton product could be slow).
+_MAX_PROOF_REGEX = 4000
 
 
 def candidates(flat: Flat) -> list | None:
@@ -36,33 +41,54 @@ def _declared(flat: Flat) -> frozenset:
     return flat.types if flat.types is not None else ALL_TYPES
 
 
-def exclusive(doc: SchemaDocument, a: Flat, b: Flat, loc_a: Located, loc_b: Located) -> bool:
-    """Whether no value satisfies both branches (sufficient conditions only)."""
+def exclusive(doc: SchemaDocument, a: Flat, b: Flat, schemas_a: list, schemas_b: list, depth: int = 0) -> bool:
+    """Whether no value satisfies both branches (sufficient conditions only). `schemas_x` are the
+    schemas whose conjunction branch x is, to test enumerated values against."""
     if a.unsat or b.unsat:
         return True
     ca, cb = candidates(a), candidates(b)
-    if ca is not None and cb is not None:
+    if ca is not None and cb is not None and depth == 0:
         return True  # finite branches are filtered through the validator of the whole oneOf
     if ca is not None:
-        return not any(doc.is_valid(loc_b.schema, v) for v in ca)
+        return not any(_valid_all(doc, schemas_b, v) for v in ca)
     if cb is not None:
-        return not any(doc.is_valid(loc_a.schema, v) for v in cb)
+        return not any(_valid_all(doc, schemas_a, v) for v in cb)
     common = _declared(a) & _declared(b)
     if not common:
         return True
-    if common <= {"string"} and _disjoint_lengths(a, b):
+    if common <= {"string"} and (_disjoint_lengths(a, b) or _disjoint_patterns(a, b)):
         return True
     if common <= {"integer", "fraction"} and _disjoint_ranges(a.lower, a.upper, b.lower, b.upper):
         return True
-    if common <= {"object"}:
-        return _objects_exclusive(doc, a, b) or _objects_exclusive(doc, b, a)
+    if common <= {"object"} and depth < 3:
+        return _objects_exclusive(doc, a, b, depth) or _objects_exclusive(doc, b, a, depth)
     return False
+
+
+def _valid_all(doc: SchemaDocument, schemas: list, value) -> bool:
+    return all(doc.is_valid(s, value) for s in schemas)
 
 
 def _disjoint_lengths(a: Flat, b: Flat) -> bool:
     return (a.max_length is not None and a.max_length < b.min_length) or (
         b.max_length is not None and b.max_length < a.min_length
     )
+
+
+def _disjoint_patterns(a: Flat, b: Flat) -> bool:
+    """Whether the patterns of two string branches match no common string, read generously
+    (every character a class may mean in ECMA or Python), so that disjointness is certain."""
+    if len(a.patterns) != 1 or len(b.patterns) != 1:
+        return False
+    try:
+        ra, rb = pattern_regex(a.patterns[0][0], upper=True), pattern_regex(b.patterns[0][0], upper=True)
+    except PatternError:
+        return False
+    if ra is None or rb is None:
+        return True
+    if len(ra) + len(rb) > _MAX_PROOF_REGEX:
+        return False
+    return regex_fsm(ra).isdisjoint(regex_fsm(rb))
 
 
 def _below(upper: Bound | None, lower: Bound | None) -> bool:
@@ -76,15 +102,17 @@ def _disjoint_ranges(lo_a, hi_a, lo_b, hi_b) -> bool:
     return _below(hi_a, lo_b) or _below(hi_b, lo_a)
 
 
-def _objects_exclusive(doc: SchemaDocument, a: Flat, b: Flat) -> bool:
+def _objects_exclusive(doc: SchemaDocument, a: Flat, b: Flat, depth: int) -> bool:
+    """A property required by `a` that `b` forbids, or whose values under `a` and `b` exclude
+    each other (a discriminator)."""
     for name in a.required:
         if _forbidden(b, name):
             return True
         locs_a = [part.properties[name] for part in a.objects if name in part.properties]
-        values = candidates(flatten(doc, locs_a)) if locs_a else None
         locs_b = [part.properties[name] for part in b.objects if name in part.properties]
-        if values is not None and locs_b:
-            if not any(all(doc.is_valid(loc.schema, v) for loc in locs_b) for v in values):
+        if locs_a and locs_b:
+            fa, fb = flatten(doc, locs_a), flatten(doc, locs_b)
+            if exclusive(doc, fa, fb, [l.schema for l in locs_a], [l.schema for l in locs_b], depth + 1):
                 return True
     return False
 

@@ -222,11 +222,36 @@ _MONTH_DAY = (
     "|02-(?:0[1-9]|1[0-9]|2[0-8]))"
 )
 _DATE = f"(?:{_YEAR}-{_MONTH_DAY}|{_LEAP_YEAR}-02-29)"
-_TIME = "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]+)?(?:Z|[+\\-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+_TIME = "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]{1,9})?(?:Z|[+\\-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
 _HEX = "[0-9a-fA-F]"
 _OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4 = f"{_OCTET}(?:\\.{_OCTET}){{3}}"
+_H16 = f"{_HEX}{{1,4}}"
+
+
+def _ipv6_compressed(k: int) -> str:
+    """IPv6 text with "::" after k groups (at most 7 groups written in all)."""
+    prefix = "::" if k == 0 else f"(?:{_H16}:){{{k}}}:"
+    tails = [f"(?:{_H16}:){{0,{6 - k}}}{_H16}"] if k < 7 else []
+    if k <= 5:
+        tails.append(f"(?:{_H16}:){{0,{5 - k}}}{_IPV4}")
+    return prefix + (f"(?:{'|'.join(tails)})?" if tails else "")
+
+
+_IPV6 = "(?:" + "|".join(
+    [f"(?:{_H16}:){{7}}{_H16}", f"(?:{_H16}:){{6}}{_IPV4}"] + [_ipv6_compressed(k) for k in range(8)]
+) + ")"
 _ATEXT = "[A-Za-z0-9!#$%&'*+/=?^_`\\{|\\}~\\-]"
-_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9\\-]{0,61}[A-Za-z0-9])?"
+
+
+def _label(max_length: int) -> str:
+    """An RFC 1123 host label (letters, digits, inner hyphens) that is not reserved: no "--" at
+    positions 3-4 (those are IDNA A-labels, "xn--...", valid only as punycode)."""
+    a, h = "[A-Za-z0-9]", "[A-Za-z0-9\\-]"
+    return f"(?:{a}(?:{h}?{a})?|{a}{h}[A-Za-z0-9\\-]{a}|{a}{h}(?:{a}{h}|-{a}){h}{{0,{max_length - 5}}}{a})"
+
+
+_HOSTNAME = f"{_label(63)}(?:\\.{_label(62)}){{0,3}}"
 _UNRESERVED = "A-Za-z0-9\\-._~"
 _SUB_DELIMS = "!$&'()*+,;="
 _PCT = f"%{_HEX}{{2}}"
@@ -238,21 +263,26 @@ _URI = f"[A-Za-z][A-Za-z0-9+\\-.]*://{_HOST}(?::[0-9]+)?(?:/{_PCHAR}*)*(?:\\?{_Q
 # name -> (regex over raw characters, which need no escaping in JSON; min length; max length)
 FORMATS: dict[str, tuple[str, int, int | None]] = {
     "date": (_DATE, 10, 10),
-    "time": (_TIME, 9, None),
-    "date-time": (f"{_DATE}T{_TIME}", 20, None),
+    "time": (_TIME, 9, 24),
+    "date-time": (f"{_DATE}T{_TIME}", 20, 35),
     "uuid": (f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}", 36, 36),
-    "ipv4": (f"{_OCTET}(?:\\.{_OCTET}){{3}}", 7, 15),
-    "email": (f"{_ATEXT}+(?:\\.{_ATEXT}+)*@{_LABEL}(?:\\.{_LABEL})*", 3, None),
+    "ipv4": (_IPV4, 7, 15),
+    "ipv6": (_IPV6, 2, 45),
+    "hostname": (_HOSTNAME, 1, 252),
+    "email": (f"{_ATEXT}{{1,32}}(?:\\.{_ATEXT}{{1,15}}){{0,2}}@{_HOSTNAME}", 3, 317),
     "uri": (_URI, 5, None),
 }
 FORMATS_DOC = """\
 Formats (a sound subset of each format's syntax, always asserted):
   date       RFC 3339 full-date, real calendar dates (leap years), year 0001-9999
-  time       RFC 3339 full-time with offset (Z or +hh:mm), no leap second
+  time       RFC 3339 full-time with offset (Z or +hh:mm), no leap second, at most 9 fraction digits
   date-time  date "T" time
   uuid       8-4-4-4-12 hex digits, either case
   ipv4       dotted quad, no leading zeros
-  email      dot-atom local part "@" dot-separated host labels
+  ipv6       RFC 4291 text forms (with "::" and a trailing dotted quad), no zone id
+  hostname   1-4 RFC 1123 labels (letters, digits, inner hyphens; no "--" at positions 3-4, which
+             IDNA reserves), at most 252 characters
+  email      dot-atom local part (at most 64 characters) "@" hostname
   uri        scheme "://" host [":" port] path ["?" query] ["#" fragment] (RFC 3986 characters)
 """
 
@@ -260,9 +290,8 @@ Formats (a sound subset of each format's syntax, always asserted):
 # Any other format name is not a JSON Schema format, carries no assertion, and is ignored.
 UNSUPPORTED_FORMATS = frozenset(
     {
-        "hostname", "idn-hostname", "ipv6", "uri-reference", "iri", "iri-reference", "idn-email",
-        "json-pointer", "relative-json-pointer", "regex", "uri-template", "duration", "host-name",
-        "ip-address", "color", "utc-millisec",
+        "idn-hostname", "uri-reference", "iri", "iri-reference", "idn-email", "json-pointer",
+        "relative-json-pointer", "regex", "uri-template", "duration",
     }
 )
 

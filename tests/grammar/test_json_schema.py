@@ -150,7 +150,7 @@ def test_unsupported_pattern_constructs_are_refused(pattern):
     assert "pattern" in message or "malformed" in message
 
 
-@pytest.mark.parametrize("fmt", ["date", "time", "date-time", "uuid", "ipv4", "email", "uri"])
+@pytest.mark.parametrize("fmt", ["date", "time", "date-time", "uuid", "ipv4", "ipv6", "hostname", "email", "uri"])
 def test_formats_generate_valid_strings(fmt):
     assert_samples_valid({"type": "string", "format": fmt}, n=80)
 
@@ -164,7 +164,7 @@ def test_date_format_knows_the_calendar():
 
 def test_unknown_format_is_ignored_and_unsupported_one_refused():
     assert accepts({"type": "string", "format": "int64"}, '"x"')
-    assert "format 'hostname'" in refusal({"type": "string", "format": "hostname"})
+    assert "format 'idn-hostname'" in refusal({"type": "string", "format": "idn-hostname"})
 
 
 # ---- objects and arrays --------------------------------------------------------------------
@@ -350,3 +350,39 @@ def test_ir_and_regex_agree_on_samples():
     rng = random.Random(1)
     for _ in range(50):
         assert rx.fullmatch(soundness.sample_ir(grammar, rng))
+
+
+def test_integer_multiple_of_divisors_of_1000():
+    rx = regex_of({"type": "integer", "multipleOf": 25})
+    assert all((rx.fullmatch(str(n)) is not None) == (n % 25 == 0) for n in range(-600, 600))
+    assert "multipleOf" in refusal({"type": "integer", "multipleOf": 7})
+    assert "multipleOf" in refusal({"type": "number", "multipleOf": 0.01})
+
+
+def test_dependencies_and_not_required_are_rewritten_exactly():
+    props = {"a": {"type": "integer"}, "b": {"type": "integer"}}
+    dep = {"type": "object", "properties": props, "dependentRequired": {"a": ["b"]}}
+    assert accepts(dep, '{"a":1,"b":2}') and accepts(dep, '{"b":2}') and not accepts(dep, '{"a":1}')
+    old = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object", "properties": props, "dependencies": {"a": {"required": ["b"]}}}
+    assert accepts(old, "{}") and not accepts(old, '{"a":1}')
+    neg = {"type": "object", "properties": props, "not": {"required": ["a"]}}
+    assert accepts(neg, '{"b":1}') and not accepts(neg, '{"a":1}')
+
+
+def test_pattern_property_prefixes_leave_named_and_other_keys_exact():
+    schema = {
+        "type": "object",
+        "properties": {"x-id": {"minimum": 0}},
+        "patternProperties": {"^x-": {"type": "integer"}},
+        "additionalProperties": {"type": "boolean"},
+    }
+    assert accepts(schema, '{"x-id":0,"x-n":-1,"y":true}')
+    assert not accepts(schema, '{"x-id":-1}') and not accepts(schema, '{"x-id":0.5}')
+    assert not accepts(schema, '{"x-n":true}') and not accepts(schema, '{"y":1}')
+    assert_samples_valid(schema)
+
+
+def test_property_names_enumerated_or_unconstrained():
+    schema = {"type": "object", "propertyNames": {"enum": ["a", "b"]}, "additionalProperties": {"type": "integer"}}
+    assert accepts(schema, '{"a":1,"b":2}') and not accepts(schema, '{"c":1}')
+    assert accepts({"type": "object", "propertyNames": {"type": "string"}, "additionalProperties": {"type": "null"}}, '{"k":null}')
