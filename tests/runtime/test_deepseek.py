@@ -6,30 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmlang.runtime import Engine
 from lmlang.runtime.cache.mla_pool import MLAKVCacheSpec, MLAKVPool
 from lmlang.runtime.model_loader import load_model
 from lmlang.runtime.models.deepseek_v2 import DeepseekV2ForCausalLM
 from lmlang.testing import make_tiny_checkpoint
 from lmlang.testing.forward import ForwardDriver
-from lmlang.testing.parity import hf_greedy_tokens, parity_prompts
-
-NEW_TOKENS = 32
-PROMPT_LENGTHS = (1, 5, 16, 17, 33, 50, 64, 100)  # chunked prefill of 16: 1 to 7 chunks
 
 
 @pytest.mark.parametrize("arch", ["deepseek_v2", "deepseek_v3"])
-def test_greedy_tokens_match_transformers(tiny_ckpt, kv_accounting, arch):
-    path = tiny_ckpt(arch)
-    prompts = parity_prompts(512, PROMPT_LENGTHS)
-    reference = hf_greedy_tokens(path, prompts, NEW_TOKENS)
-    with Engine(path, dtype="float32", chunked_prefill_size=16) as engine:
-        results = engine.generate(
-            input_ids=prompts, sampling_params={"max_new_tokens": NEW_TOKENS, "temperature": 0, "ignore_eos": True}
-        )
-        for res, ref, prompt in zip(results, reference, prompts):
-            assert res["output_ids"] == ref, f"prompt of {len(prompt)} tokens diverged"
-        assert kv_accounting(engine)["kv_in_use"] == 0
+def test_greedy_tokens_match_transformers(greedy_parity, arch):
+    greedy_parity(arch)
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmlang.runtime import Engine
 from lmlang.runtime.layers.moe import FusedMoE, MoEBlock, RoutingConfig, TopKRouter
-from lmlang.testing.parity import hf_greedy_tokens, parity_prompts
 
 HIDDEN, EXPERTS, TOP_K = 32, 16, 4
-NEW_TOKENS = 32
-PROMPT_LENGTHS = (1, 5, 16, 17, 33, 50, 64, 100)
 
 
 def _hf_router(family: str):
@@ -134,17 +130,8 @@ def test_expert_weights_load_by_expert_and_projection():
 
 
 @pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe"])
-def test_greedy_tokens_match_transformers(tiny_ckpt, kv_accounting, arch):
-    path = tiny_ckpt(arch)
-    prompts = parity_prompts(512, PROMPT_LENGTHS)
-    reference = hf_greedy_tokens(path, prompts, NEW_TOKENS)
-    with Engine(path, dtype="float32", chunked_prefill_size=16) as engine:
-        results = engine.generate(
-            input_ids=prompts, sampling_params={"max_new_tokens": NEW_TOKENS, "temperature": 0, "ignore_eos": True}
-        )
-        for res, ref, prompt in zip(results, reference, prompts):
-            assert res["output_ids"] == ref, f"prompt of {len(prompt)} tokens diverged"
-        assert kv_accounting(engine)["kv_in_use"] == 0
+def test_greedy_tokens_match_transformers(greedy_parity, arch):
+    greedy_parity(arch)
 
 
 @pytest.mark.gpu
