@@ -28,20 +28,16 @@ Checkpoint weights of the NextN / MTP layers that DeepSeek ships after the last 
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from lmlang.runtime.cache.mla_pool import MLAKVCacheSpec
-from lmlang.runtime.forward_batch import ForwardBatch
-from lmlang.runtime.layers.logits import compute_logits
 from lmlang.runtime.layers.mla import MLAAttention, MLAShape
 from lmlang.runtime.layers.moe import MoEBlock, RoutingConfig, expert_params
-from lmlang.runtime.layers.norm import RMSNorm
 from lmlang.runtime.layers.rotary import RotaryEmbedding, get_rope, rope_parameters, yarn_mscale
-from lmlang.runtime.layers.vocab import LMHead, VocabEmbedding
-from lmlang.runtime.models.base import CausalLM
+from lmlang.runtime.models.decoder import DecoderForCausalLM, DecoderModel, PreNormDecoderLayer
 from lmlang.runtime.models.llama import STACKED_PARAMS, LlamaMLP
 from lmlang.runtime.models.registry import register_model
 from lmlang.runtime.models.weight_mapping import load_weights_by_table
@@ -72,65 +68,42 @@ def is_moe_layer(config: Any, layer_id: int) -> bool:
     return bool(config.n_routed_experts) and layer_id >= config.first_k_dense_replace and layer_id % freq == 0
 
 
-class DeepseekV2DecoderLayer(nn.Module):
+def deepseek_mlp(config: Any, layer_id: int, routing: RoutingConfig) -> nn.Module:
+    """Layer `layer_id`'s feed-forward: a dense `LlamaMLP`, or a `MoEBlock` with the shared experts
+    fused into one `LlamaMLP`."""
+    if not is_moe_layer(config, layer_id):
+        return LlamaMLP(config.hidden_size, config.intermediate_size, False, config.hidden_act)
+    shared = None
+    if getattr(config, "n_shared_experts", None):
+        inter = config.moe_intermediate_size * config.n_shared_experts
+        shared = LlamaMLP(config.hidden_size, inter, False, config.hidden_act)
+    return MoEBlock(config.hidden_size, config.moe_intermediate_size, routing, shared)
+
+
+class DeepseekV2DecoderLayer(PreNormDecoderLayer):
+    """Pre-norm block of `MLAAttention` and a dense or MoE feed-forward (`deepseek_mlp`)."""
+
     def __init__(
         self, config: Any, layer_id: int, rotary_emb: RotaryEmbedding, scaling: float, routing: RoutingConfig
     ) -> None:
-        super().__init__()
         bias = bool(getattr(config, "attention_bias", False))
-        self.self_attn = MLAAttention(MLAShape.from_config(config), layer_id, rotary_emb, scaling, bias)
-        if is_moe_layer(config, layer_id):
-            shared = None
-            if getattr(config, "n_shared_experts", None):
-                inter = config.moe_intermediate_size * config.n_shared_experts
-                shared = LlamaMLP(config.hidden_size, inter, False, config.hidden_act)
-            self.mlp: nn.Module = MoEBlock(config.hidden_size, config.moe_intermediate_size, routing, shared)
-        else:
-            self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size, False, config.hidden_act)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-
-    def forward(
-        self, positions: torch.Tensor, hidden: torch.Tensor, residual: Optional[torch.Tensor], batch: ForwardBatch
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if residual is None:
-            hidden, residual = self.input_layernorm(hidden), hidden
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, batch)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        self_attn = MLAAttention(MLAShape.from_config(config), layer_id, rotary_emb, scaling, bias)
+        super().__init__(config, self_attn, deepseek_mlp(config, layer_id, routing))
 
 
-class DeepseekV2Model(nn.Module):
+class DeepseekV2Model(DecoderModel):
     def __init__(self, config: Any, routing: RoutingConfig, interleaved_rope: bool) -> None:
-        super().__init__()
-        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
         rotary_emb = mla_rope(config, interleaved_rope)  # one cache, shared by layers
         scaling = mla_softmax_scale(config)
-        self.layers = nn.ModuleList(
+        super().__init__(config, (
             DeepseekV2DecoderLayer(config, i, rotary_emb, scaling, routing) for i in range(config.num_hidden_layers)
-        )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        hidden, residual = self.embed_tokens(input_ids), None  # [n, hidden]
-        for layer in self.layers:
-            hidden, residual = layer(positions, hidden, residual, batch)
-        hidden, _ = self.norm(hidden, residual)
-        return hidden
+        ))
 
 
 @register_model("DeepseekV2ForCausalLM")
-class DeepseekV2ForCausalLM(CausalLM):
+class DeepseekV2ForCausalLM(DecoderForCausalLM):
     def __init__(self, config: Any) -> None:
-        super().__init__()
-        self.config = config
-        self.model = DeepseekV2Model(config, self.routing_config(config), self.interleaved_rope(config))
-        self.lm_head = LMHead(config.vocab_size, config.hidden_size)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        if self.tie_word_embeddings:
-            self.lm_head.tie_to(self.model.embed_tokens)
+        super().__init__(config, DeepseekV2Model(config, self.routing_config(config), self.interleaved_rope(config)))
         num_experts = config.n_routed_experts or 0
         self.stacked_params = [*expert_params(num_experts), *GATE_UP_PARAMS]
 
@@ -151,15 +124,8 @@ class DeepseekV2ForCausalLM(CausalLM):
     def interleaved_rope(cls, config: Any) -> bool:
         return True
 
-    def forward(self, batch: ForwardBatch) -> torch.Tensor:
-        return self.model(batch.input_ids, batch.positions, batch)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return compute_logits(hidden, self.lm_head)
-
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         num_layers = self.config.num_hidden_layers
-        ignored = ("rotary_emb.inv_freq",) + (("lm_head.",) if self.tie_word_embeddings else ())
 
         def main_layers(items: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
             for name, tensor in items:
@@ -167,7 +133,7 @@ class DeepseekV2ForCausalLM(CausalLM):
                 if layer is None or int(layer.group(1)) < num_layers:
                     yield name, tensor
 
-        load_weights_by_table(self, main_layers(weights), self.stacked_params, ignored)
+        load_weights_by_table(self, main_layers(weights), self.stacked_params, self.ignored_weight_names())
 
     def kv_cache_spec(self) -> MLAKVCacheSpec:
         return MLAKVCacheSpec(self.config.num_hidden_layers, self.config.kv_lora_rank, self.config.qk_rope_head_dim)

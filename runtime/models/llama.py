@@ -19,11 +19,10 @@ from lmlang.runtime.forward_batch import ForwardBatch
 from lmlang.runtime.layers.activation import SiluAndMul
 from lmlang.runtime.layers.attention import Attention
 from lmlang.runtime.layers.linear import Linear, StackedLinear
-from lmlang.runtime.layers.logits import compute_logits
 from lmlang.runtime.layers.norm import RMSNorm
 from lmlang.runtime.layers.rotary import RotaryEmbedding, get_rope, rope_parameters
-from lmlang.runtime.layers.vocab import LMHead, VocabEmbedding
-from lmlang.runtime.models.base import CausalLM, KVCacheSpec
+from lmlang.runtime.models.base import KVCacheSpec
+from lmlang.runtime.models.decoder import DecoderForCausalLM, DecoderModel, PreNormDecoderLayer
 from lmlang.runtime.models.registry import register_model
 from lmlang.runtime.models.weight_mapping import StackedParam, load_weights_by_table
 
@@ -103,66 +102,37 @@ class LlamaMLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_up_proj(x)))
 
 
-class LlamaDecoderLayer(nn.Module):
-    """Pre-norm block; the residual stream is carried separately so each norm fuses its add."""
+class LlamaDecoderLayer(PreNormDecoderLayer):
+    """Pre-norm block of `LlamaAttention` and a feed-forward (`LlamaMLP` unless `mlp` is given)."""
 
     def __init__(
         self, config: Any, layer_id: int, options: LayerOptions, rotary_emb: RotaryEmbedding,
         mlp: Optional[nn.Module] = None,
     ) -> None:
-        super().__init__()
-        self.self_attn = LlamaAttention(config, layer_id, options, rotary_emb)
+        self_attn = LlamaAttention(config, layer_id, options, rotary_emb)
         if mlp is None:
             mlp = LlamaMLP(config.hidden_size, config.intermediate_size, options.mlp_bias, config.hidden_act)
-        self.mlp = mlp  # [n, hidden] -> [n, hidden]; a family's `make_mlp` may supply another (MoE)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-
-    def forward(
-        self, positions: torch.Tensor, hidden: torch.Tensor, residual: Optional[torch.Tensor], batch: ForwardBatch
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if residual is None:
-            hidden, residual = self.input_layernorm(hidden), hidden
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, batch)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        # a family's `make_mlp` may supply another feed-forward (MoE)
+        super().__init__(config, self_attn, mlp)
 
 
-class LlamaModel(nn.Module):
+class LlamaModel(DecoderModel):
     def __init__(
         self, config: Any, options: LayerOptions, make_mlp: Optional[Callable[[int], Optional[nn.Module]]] = None
     ) -> None:
-        super().__init__()
-        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
         rotary_emb = make_rope(config, AttentionShape.from_config(config).head_dim)  # one cache, shared by layers
-        self.layers = nn.ModuleList(
+        super().__init__(config, (
             LlamaDecoderLayer(config, i, options, rotary_emb, make_mlp(i) if make_mlp else None)
             for i in range(config.num_hidden_layers)
-        )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        hidden, residual = self.embed_tokens(input_ids), None  # [n, hidden]
-        for layer in self.layers:
-            hidden, residual = layer(positions, hidden, residual, batch)
-        hidden, _ = self.norm(hidden, residual)
-        return hidden
+        ))
 
 
 @register_model("LlamaForCausalLM", "MistralForCausalLM")
-class LlamaForCausalLM(CausalLM):
+class LlamaForCausalLM(DecoderForCausalLM):
     stacked_params = STACKED_PARAMS
 
     def __init__(self, config: Any) -> None:
-        super().__init__()
-        self.config = config
-        self.model = LlamaModel(config, self.layer_options(config), lambda layer_id: self.make_mlp(config, layer_id))
-        self.lm_head = LMHead(config.vocab_size, config.hidden_size)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        if self.tie_word_embeddings:
-            self.lm_head.tie_to(self.model.embed_tokens)
+        super().__init__(config, LlamaModel(config, self.layer_options(config), lambda i: self.make_mlp(config, i)))
 
     @classmethod
     def layer_options(cls, config: Any) -> LayerOptions:
@@ -174,15 +144,8 @@ class LlamaForCausalLM(CausalLM):
         """The feed-forward block of layer `layer_id`; None: the dense `LlamaMLP`. MoE families override."""
         return None
 
-    def forward(self, batch: ForwardBatch) -> torch.Tensor:
-        return self.model(batch.input_ids, batch.positions, batch)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return compute_logits(hidden, self.lm_head)
-
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        ignored = ("rotary_emb.inv_freq",) + (("lm_head.",) if self.tie_word_embeddings else ())
-        load_weights_by_table(self, weights, self.stacked_params, ignored)
+        load_weights_by_table(self, weights, self.stacked_params, self.ignored_weight_names())
 
     def kv_cache_spec(self) -> KVCacheSpec:
         shape = AttentionShape.from_config(self.config)
