@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from lmlang.kernels.launch import launch, next_power_of_2
+from lmlang.kernels.tiling import grouped_tile
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -144,12 +145,7 @@ def fp8_block_gemm_kernel(
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
-    # grouped ordering: GROUP_M row blocks sweep the columns together, so w tiles stay in L2
-    group = pid // (GROUP_M * num_n)
-    first_m = group * GROUP_M
-    group_rows = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % (GROUP_M * num_n)) % group_rows
-    pid_n = (pid % (GROUP_M * num_n)) // group_rows
+    pid_m, pid_n = grouped_tile(pid, num_m, num_n, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -25,6 +25,7 @@ from lmlang.kernels.activation import silu_and_mul
 from lmlang.kernels.fp8 import FP8_DTYPE, dequant_weight_block_fp8, per_token_group_quant_fp8
 from lmlang.kernels.launch import dot_needs_fp32, launch
 from lmlang.kernels.moe_config import FusedMoEConfig, get_fused_moe_config
+from lmlang.kernels.tiling import grouped_tile
 
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
@@ -86,11 +87,7 @@ def fused_moe_kernel(
     pid = tl.program_id(0)
     num_m = tl.cdiv(num_sorted, BLOCK_SIZE_M)
     num_n = tl.cdiv(N, BLOCK_SIZE_N)
-    group = pid // (GROUP_SIZE_M * num_n)
-    first_m = group * GROUP_SIZE_M
-    group_rows = min(num_m - first_m, GROUP_SIZE_M)
-    pid_m = first_m + (pid % (GROUP_SIZE_M * num_n)) % group_rows
-    pid_n = (pid % (GROUP_SIZE_M * num_n)) // group_rows
+    pid_m, pid_n = grouped_tile(pid, num_m, num_n, GROUP_SIZE_M)
     if pid_m * BLOCK_SIZE_M >= tl.load(num_post_padded_ptr):
         return
 
