@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from lmlang.kernels.launch import dot_needs_fp32, launch, next_power_of_2
+from lmlang.kernels.paged_checks import check_gqa_buffers, check_one_device
 from lmlang.kernels.split_k import merge_splits, online_softmax_step, split_partials, split_range, store_split_partial
 
 _BLOCK_N = 64
@@ -81,25 +82,10 @@ def decode_attention_kernel(
 
 
 def _check(q, k_buffer, v_buffer, kv_indptr, kv_indices) -> None:
-    if q.dim() != 3 or k_buffer.dim() != 3 or v_buffer.dim() != 3:
-        raise ValueError("decode_attention: q must be [B, Hq, D], k_buffer [slots, Hk, D], v_buffer [slots, Hk, Dv]")
-    if k_buffer.shape[2] != q.shape[2] or k_buffer.shape[:2] != v_buffer.shape[:2]:
-        raise ValueError(
-            f"decode_attention: q {tuple(q.shape)}, k_buffer {tuple(k_buffer.shape)}, "
-            f"v_buffer {tuple(v_buffer.shape)} disagree"
-        )
-    if q.shape[1] % k_buffer.shape[1]:
-        raise ValueError(
-            f"decode_attention: {q.shape[1]} query heads are not a multiple of {k_buffer.shape[1]} KV heads"
-        )
-    if q.dtype != k_buffer.dtype or v_buffer.dtype != k_buffer.dtype:
-        raise ValueError(f"decode_attention: dtypes q {q.dtype}, k {k_buffer.dtype}, v {v_buffer.dtype} must match")
-    if q.stride(2) != 1 or k_buffer.stride(2) != 1 or v_buffer.stride(2) != 1:
-        raise ValueError("decode_attention: head features must be contiguous")
+    check_gqa_buffers("decode_attention", q, k_buffer, v_buffer)
     if kv_indptr.shape != (q.shape[0] + 1,) or kv_indices.dim() != 1:
         raise ValueError(f"decode_attention: kv_indptr must be [B + 1] = [{q.shape[0] + 1}] and kv_indices 1-D")
-    if len({t.device for t in (q, k_buffer, v_buffer, kv_indptr, kv_indices)}) != 1:
-        raise ValueError("decode_attention: all tensors must be on one device")
+    check_one_device("decode_attention", (q, k_buffer, v_buffer, kv_indptr, kv_indices))
 
 
 def decode_attention(

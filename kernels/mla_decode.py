@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from lmlang.kernels.launch import dot_needs_fp32, launch, next_power_of_2
+from lmlang.kernels.paged_checks import check_one_device
 from lmlang.kernels.split_k import merge_splits, online_softmax_step, split_partials, split_range, store_split_partial
 
 _BLOCK_H = 16
@@ -92,8 +93,7 @@ def _check(q_nope, q_pe, kv_cache, kv_indptr, kv_indices) -> None:
         raise ValueError(f"mla_decode: q dtypes {q_nope.dtype}/{q_pe.dtype} differ from the cache's {kv_cache.dtype}")
     if kv_indptr.shape != (q_nope.shape[0] + 1,) or kv_indices.dim() != 1:
         raise ValueError(f"mla_decode: kv_indptr must be [B + 1] = [{q_nope.shape[0] + 1}] and kv_indices 1-D")
-    if len({t.device for t in (q_nope, q_pe, kv_cache, kv_indptr, kv_indices)}) != 1:
-        raise ValueError("mla_decode: all tensors must be on one device")
+    check_one_device("mla_decode", (q_nope, q_pe, kv_cache, kv_indptr, kv_indices))
 
 
 def mla_decode(

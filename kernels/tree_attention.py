@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from lmlang.kernels.launch import dot_needs_fp32, launch, next_power_of_2
+from lmlang.kernels.paged_checks import check_gqa_buffers, check_one_device
 
 _BLOCK_M = 16
 _BLOCK_N = 32
@@ -101,19 +102,7 @@ def tree_attention_kernel(
 
 
 def _check(q, k_buffer, v_buffer, qo_indptr, kv_indptr, kv_indices, custom_mask) -> None:
-    if q.dim() != 3 or k_buffer.dim() != 3 or v_buffer.dim() != 3:
-        raise ValueError("tree_attention: q must be [T, Hq, D], k_buffer [slots, Hk, D], v_buffer [slots, Hk, Dv]")
-    if k_buffer.shape[2] != q.shape[2] or k_buffer.shape[:2] != v_buffer.shape[:2]:
-        raise ValueError(
-            f"tree_attention: q {tuple(q.shape)}, k_buffer {tuple(k_buffer.shape)}, "
-            f"v_buffer {tuple(v_buffer.shape)} disagree"
-        )
-    if q.shape[1] % k_buffer.shape[1]:
-        raise ValueError(f"tree_attention: {q.shape[1]} query heads are not a multiple of {k_buffer.shape[1]} KV heads")
-    if q.dtype != k_buffer.dtype or v_buffer.dtype != k_buffer.dtype:
-        raise ValueError(f"tree_attention: dtypes q {q.dtype}, k {k_buffer.dtype}, v {v_buffer.dtype} must match")
-    if q.stride(2) != 1 or k_buffer.stride(2) != 1 or v_buffer.stride(2) != 1:
-        raise ValueError("tree_attention: head features must be contiguous")
+    check_gqa_buffers("tree_attention", q, k_buffer, v_buffer)
     if qo_indptr.dim() != 1 or kv_indptr.shape != qo_indptr.shape or kv_indices.dim() != 1:
         raise ValueError("tree_attention: qo_indptr and kv_indptr must both be [B + 1], kv_indices 1-D")
     if custom_mask is not None and (
@@ -124,8 +113,7 @@ def _check(q, k_buffer, v_buffer, qo_indptr, kv_indptr, kv_indices, custom_mask)
     tensors = [q, k_buffer, v_buffer, qo_indptr, kv_indptr, kv_indices]
     if custom_mask is not None:
         tensors.append(custom_mask)
-    if len({t.device for t in tensors}) != 1:
-        raise ValueError("tree_attention: all tensors must be on one device")
+    check_one_device("tree_attention", tensors)
 
 
 def tree_attention(
