@@ -12,6 +12,8 @@ import datetime
 import os
 import pathlib
 import subprocess
+import sys
+import tempfile
 
 import torch
 from triton.testing import do_bench
@@ -59,3 +61,16 @@ def print_limits(limits: dict, info: dict) -> None:
     print(f"# {info['date']}  {info['device']}  commit {info['commit']}  torch {info['torch']}")
     print(f"# measured limits: copy {limits['copy_GBps']:,.0f} GB/s (read + write), "
           f"bf16 matmul {limits['bf16_mm_TFLOPs']:,.0f} TFLOP/s", flush=True)
+
+
+def start_dummy_model_run(script: str, config_json: str) -> tuple[dict, dict, str]:
+    """The common start of a GPU benchmark on a model with random weights: exits when there is no
+    CUDA device, measures and prints the limits, writes a dummy checkpoint of `config_json` to a
+    temporary directory. Returns (limits, run info, checkpoint path)."""
+    if not torch.cuda.is_available():
+        sys.exit(f"{script} needs a CUDA device")
+    from dummy_checkpoint import make_dummy_checkpoint  # a sibling script, on sys.path when run from here
+
+    limits, info = measure_limits(), run_info()
+    print_limits(limits, info)
+    return limits, info, make_dummy_checkpoint(config_json, tempfile.mkdtemp(prefix="lmlang-dummy-"))

@@ -31,14 +31,12 @@ import json
 import pathlib
 import statistics
 import sys
-import tempfile
 import time
 
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from dummy_checkpoint import make_dummy_checkpoint  # noqa: E402
-from limits import measure_limits, print_limits, run_info  # noqa: E402
+from limits import start_dummy_model_run  # noqa: E402
 
 from lmlang.runtime.config import EngineConfig  # noqa: E402
 from lmlang.runtime.forward_batch import ForwardMode  # noqa: E402
@@ -246,11 +244,7 @@ def main() -> None:
     parser.add_argument("--profile", default="", help="decode shapes to profile, e.g. 1:1024,64:1024")
     parser.add_argument("--attention-backend", default=None, help="flashinfer (default) or triton")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("benchmarks/one_batch.py needs a CUDA device")
-    limits, info = measure_limits(), run_info()
-    print_limits(limits, info)
-    path = make_dummy_checkpoint(args.config, tempfile.mkdtemp(prefix="lmlang-dummy-"))
+    limits, info, path = start_dummy_model_run("benchmarks/one_batch.py", args.config)
     results = dict(model=pathlib.Path(args.config).stem, backend=args.attention_backend or "flashinfer", info=info, limits=limits, prefill=[], decode=[], compare=[],
                    profile=[])
     runner, init_s = make_runner(path, cuda_graph_max_batch=max(args.batch), max_running_requests=max(args.batch),

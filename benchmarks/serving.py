@@ -29,14 +29,12 @@ import math
 import pathlib
 import random
 import sys
-import tempfile
 import time
 
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from dummy_checkpoint import make_dummy_checkpoint  # noqa: E402
-from limits import measure_limits, print_limits, run_info  # noqa: E402
+from limits import start_dummy_model_run  # noqa: E402
 
 
 def make_requests(args: argparse.Namespace, vocab: int) -> list:
@@ -196,11 +194,7 @@ def main() -> None:
     p.add_argument("--hf-batch", default="64,16")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("benchmarks/serving.py needs a CUDA device")
-    limits, info = measure_limits(), run_info()
-    print_limits(limits, info)
-    path = make_dummy_checkpoint(args.config, tempfile.mkdtemp(prefix="lmlang-dummy-"))
+    limits, info, path = start_dummy_model_run("benchmarks/serving.py", args.config)
     vocab = json.loads(pathlib.Path(args.config).read_text())["vocab_size"]
     reqs = make_requests(args, vocab)
     res = dict(model=pathlib.Path(args.config).stem, dataset=args.dataset, args=vars(args) | {"out": str(args.out)},
