@@ -9,7 +9,9 @@ Workloads:
   regex  hand-written regexes with a valid sample each;
   json   JSON schemas from /work/shared/data/jsonschemabench (the first valid test instance of
          each, serialized compactly); needs grammar/json_schema.py.
-Statistics are over the constraints every available engine handled (compiled, and accepted the
+outlines-core runs each case in a forked child limited to --timeout seconds (its index
+construction cannot be interrupted and takes many minutes on some schemas); a timeout counts as
+a failure. Statistics are over the constraints every available engine handled (compiled, and accepted the
 whole instance); per-engine success counts are printed too. After setup the benchmark calls
 `gc.freeze()`, as a server would after loading, so that Python's cyclic GC does not rescan the
 tokenizer and library objects during requests (lmlang allocates Python objects while it builds
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import multiprocessing
 import os
 import pathlib
 import sys
@@ -151,6 +154,7 @@ class LLGuidance:
 
 class OutlinesCore:
     name = "outlines-core"
+    isolated = True  # its index construction can run for many minutes: run cases in a child
 
     def __init__(self, hf_tokenizer):
         import outlines_core as oc
@@ -207,6 +211,30 @@ def json_cases(max_schemas: int):
     return cases[::step][:max_schemas] if max_schemas else cases
 
 
+def run_case_bounded(engine, kind, source, token_ids, timeout_s: float):
+    """run_case, in a forked child with a time limit for engines marked `isolated` (a native
+    compile cannot be interrupted in-process); the child's timings are as single-threaded."""
+    if not getattr(engine, "isolated", False):
+        return run_case(engine, kind, source, token_ids)
+    ctx = multiprocessing.get_context("fork")
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child_case, args=(sender, engine, kind, source, token_ids))
+    child.start()
+    sender.close()
+    if receiver.poll(timeout_s):
+        result = receiver.recv()
+        child.join()
+        return result
+    child.kill()
+    child.join()
+    return f"timeout: over {timeout_s:.0f}s"
+
+
+def _child_case(sender, engine, kind, source, token_ids) -> None:
+    sender.send(run_case(engine, kind, source, token_ids))
+    sender.close()
+
+
 def run_case(engine, kind, source, token_ids):
     """(compile seconds, [mask seconds], [accept seconds], [warm mask seconds]) or an error.
 
@@ -250,13 +278,13 @@ def replay(engine, compiled, token_ids):
     return masks, accepts
 
 
-def bench(workload: str, cases, hf_tokenizer, engines) -> None:
+def bench(workload: str, cases, hf_tokenizer, engines, timeout_s: float) -> None:
     results = {e.name: {} for e in engines}
     for i, (name, kind, source, sample) in enumerate(cases):
         token_ids = hf_tokenizer.encode(sample, add_special_tokens=False)
         for engine in engines:
             t0 = time.perf_counter()
-            results[engine.name][name] = run_case(engine, kind, source, token_ids)
+            results[engine.name][name] = run_case_bounded(engine, kind, source, token_ids, timeout_s)
             took = time.perf_counter() - t0
             if took > 10:
                 print(f"  [{i + 1}/{len(cases)}] {engine.name} took {took:.0f}s on {name}", file=sys.stderr, flush=True)
@@ -306,6 +334,7 @@ def main() -> None:
     parser.add_argument("--workload", choices=["regex", "json", "all"], default="all")
     parser.add_argument("--max-schemas", type=int, default=200, help="0 = every schema with a valid instance")
     parser.add_argument("--engines", default="lmlang,xgrammar,llguidance,outlines-core")
+    parser.add_argument("--timeout", type=float, default=60.0, help="per case, for engines run in a child process")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
@@ -328,9 +357,9 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     if args.workload in ("regex", "all"):
-        bench("regex", regex_cases(), hf_tokenizer, engines)
+        bench("regex", regex_cases(), hf_tokenizer, engines, args.timeout)
     if args.workload in ("json", "all"):
-        bench("json", json_cases(args.max_schemas), hf_tokenizer, engines)
+        bench("json", json_cases(args.max_schemas), hf_tokenizer, engines, args.timeout)
 
 
 if __name__ == "__main__":
