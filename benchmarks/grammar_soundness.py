@@ -373,9 +373,13 @@ class CoreGenerator:
             tokens.append(token)
         return self.info.decode(tokens).decode("utf-8", errors="replace")
 
+    def close(self) -> None:
+        pass
+
 
 class EngineGenerator:
-    """lmlang.runtime.Engine on a tiny random checkpoint, json_schema sampling at temperature 1."""
+    """lmlang.runtime.Engine on a tiny random checkpoint, json_schema sampling at temperature 1;
+    test instances are checked as in static mode."""
 
     def __init__(self, max_tokens: int, seed: int):
         import tempfile
@@ -385,24 +389,25 @@ class EngineGenerator:
 
         path = make_tiny_checkpoint(tempfile.mkdtemp(prefix="lmlang-ckpt-"), "llama")
         self.engine = Engine(model_path=path)
+        self.static = StaticGenerator(max_tokens, seed)
         self.max_tokens, self.seed = max_tokens, seed
 
     def prepare(self, schema: Any) -> Any:
-        return schema
+        return schema, self.static.prepare(schema)
 
-    def accepts(self, schema: Any, text: str) -> bool | None:
-        return None
+    def accepts(self, prepared: Any, text: str) -> bool | None:
+        return self.static.accepts(prepared[1], text)
 
-    def generate(self, schema: Any) -> str | None:
+    def generate(self, prepared: Any) -> str | None:
         self.seed += 1
-        out = self.engine.generate(
-            "JSON:",
-            sampling_params={"json_schema": json.dumps(schema), "temperature": 1.0, "max_new_tokens": self.max_tokens, "seed": self.seed},
-        )
-        meta = out.get("meta_info", {}) if isinstance(out, dict) else {}
-        if meta.get("finish_reason", {}).get("type") == "length":
+        params = {"json_schema": json.dumps(prepared[0]), "temperature": 1.0, "max_new_tokens": self.max_tokens, "seed": self.seed}
+        out = self.engine.generate("JSON:", sampling_params=params)
+        if (out.get("meta_info", {}).get("finish_reason") or {}).get("type") == "length":
             return None
-        return out["text"] if isinstance(out, dict) else str(out)
+        return out["text"]
+
+    def close(self) -> None:
+        self.engine.shutdown()
 
 
 class StaticGenerator:
@@ -443,6 +448,9 @@ class StaticGenerator:
     def generate(self, prepared: Any) -> str | None:
         kind, source, _ = prepared
         return sample_regex(source, self.rng) if kind == "regex" else sample_ir(source, self.rng)
+
+    def close(self) -> None:
+        pass
 
 
 def is_valid(validator: Any, text: str) -> bool:
@@ -543,12 +551,15 @@ def main(argv: list[str] | None = None) -> dict[str, SplitStats]:
     results: dict[str, SplitStats] = {}
     failures: list = []
     start = time.time()
-    for case in load_cases(args.data, args.source, args.limit):
-        stats = results.setdefault(case.split, SplitStats())
-        try:
-            run_case(case, generator, args.samples, stats, failures)
-        except Exception as e:  # a crash is a finding, not the end of the run
-            stats.errors[f"{type(e).__name__}: {str(e)[:60]}"] += 1
+    try:
+        for case in load_cases(args.data, args.source, args.limit):
+            stats = results.setdefault(case.split, SplitStats())
+            try:
+                run_case(case, generator, args.samples, stats, failures)
+            except Exception as e:  # a crash is a finding, not the end of the run
+                stats.errors[f"{type(e).__name__}: {str(e)[:60]}"] += 1
+    finally:
+        generator.close()
     print(f"mode={args.mode} samples={args.samples} limit={args.limit} seed={args.seed} ({time.time() - start:.0f}s)")
     print_table(results)
     for failure in failures[: args.show_failures]:

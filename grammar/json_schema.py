@@ -13,20 +13,34 @@ json_schema_objects); integers without fraction or exponent; bounded numbers wit
 canonical escapes in pattern-constrained strings, formats and keys; object schemas that name
 properties without `additionalProperties` get no unnamed ones; schemas without `type` are
 generated for the types their keywords constrain (all types when none); formats generate a sound
-subset of their syntax (json_schema_strings.FORMATS_DOC).
+subset of their syntax (json_schema_strings.FORMATS_DOC); `dependencies` is honoured in every
+draft (2019-09 replaced it; honouring it there only narrows). Unnamed keys (additionalProperties,
+patternProperties) may repeat: JSON parsers keep the last value, which is valid like the others.
 
-Supported: type (and lists), enum, const, properties, required, additionalProperties,
-patternProperties (disjoint patterns that match no named property, additionalProperties false),
-items, prefixItems, additionalItems (drafts 4-2019), minItems, maxItems, uniqueItems (at most one
-item), minLength, maxLength, pattern (ECMA, json_schema_ecma), format (json_schema_strings),
-minimum/maximum/exclusiveMinimum/exclusiveMaximum (integers and numbers, json_schema_numbers),
-multipleOf 1, minProperties (up to the required count, or 1), maxProperties (at least the named
-count), propertyNames (on named properties), anyOf, oneOf (branches proven exclusive by type, by
-enum/const values, or by a required discriminator property), allOf, not (of types), `$ref`
-with `$defs`/`definitions`/anchors/embedded `$id`s (recursive ones through lark), boolean
-schemas. Enum/const (and null/boolean-only schemas) are filtered through a validator, so every
-keyword next to them is honoured. Anything else is a GrammarError naming the keyword and its
-JSON path; so are malformed and unsatisfiable schemas.
+Supported (exactly, with the choices above):
+- type (and lists), enum, const, boolean schemas; enum/const (and null/boolean-only schemas) are
+  filtered through the validator, so every keyword next to them is honoured.
+- integers and numbers: minimum, maximum, exclusiveMinimum, exclusiveMaximum (draft-4 boolean
+  forms too); multipleOf 1, or an integer dividing 1000 without bounds (json_schema_numbers).
+- strings: minLength, maxLength (decoded characters), pattern (ECMA, json_schema_ecma; lengths
+  are folded into it where the pattern has at most two open-ended parts), format date, time,
+  date-time, uuid, ipv4, ipv6, hostname, email, uri (json_schema_strings.FORMATS_DOC); a format
+  no draft defines is ignored, as validators do.
+- objects: properties, required, additionalProperties (false, true, a schema), patternProperties
+  (disjoint patterns; named properties are subtracted from literal-prefix patterns, and
+  additionalProperties may accompany them), propertyNames (checked on named keys; enumerated or
+  unconstrained for other keys), minProperties (up to the required count, or 1), maxProperties
+  (at least the named count), dependentRequired, dependentSchemas and dependencies (rewritten as
+  "absent, or present with its dependents").
+- arrays: prefixItems and items (items/additionalItems before 2020-12), minItems, maxItems,
+  uniqueItems when at most one item.
+- allOf (merged), anyOf (distributed), oneOf (branches proven mutually exclusive: types, enum/const
+  values, string lengths or patterns, number ranges, a property one branch requires and the other
+  forbids or a required discriminator; or branches that only list `required`), not (of types, of
+  `required`, of nothing), `$ref` to `$defs`/`definitions`/JSON pointers/anchors/embedded `$id`s
+  (recursive ones through lark).
+Anything else is a GrammarError naming the keyword and its JSON path; so are malformed and
+unsatisfiable schemas. Keyword tables: json_schema_document.
 """
 
 from __future__ import annotations
@@ -56,6 +70,8 @@ from .json_schema_strings import (
 # Above this many characters a regex becomes impractical (automaton construction grows with it);
 # the lark rendering of the same IR shares repeated parts as rules instead.
 REGEX_SIZE_LIMIT = 100_000
+# Distributing anyOf/oneOf/if multiplies branches; past this many the schema is refused.
+MAX_BRANCHES = 20_000
 _JSON_WHITESPACE = set(" \t\n\r")
 _TYPE_ORDER = ("null", "boolean", "integer", "fraction", "string", "array", "object")
 
@@ -149,6 +165,7 @@ class _Builder:
         self._active: dict[tuple, str] = {}
         self._recursive: set[str] = set()
         self._combined: dict[tuple, Located] = {}
+        self._branches = 0
         self.unsat_reasons: list[str] = []
 
     def note_unsat(self, reason: str) -> None:
@@ -248,11 +265,34 @@ class _Builder:
         if values is not None:
             return self._finite(values, origin)
         if flat.disjunctions:
+            if self._required_value_conflict(flat):
+                return None
+            self._branches += len(flat.disjunctions[0].branches)
+            if self._branches > MAX_BRANCHES:
+                raise GrammarError(f"anyOf/oneOf/if at {flat.disjunctions[0].path}: more than {MAX_BRANCHES} combinations")
             d = flat.disjunctions[0]
             if d.kind == "oneOf":
                 return self._one_of(d, roots, resolved | {d.key}, origin)
             return alt(*(self.gen_flat(roots + [b], resolved | {d.key}, origin) for b in d.branches))
         return self._typed(flat, origin)
+
+    def _required_value_conflict(self, flat: Flat) -> bool:
+        """Whether a required property's enumerated values already contradict each other: such
+        combinations of branches are dropped before they multiply (e.g. chains of if/then on a
+        discriminator)."""
+        if flat.allowed_types() != {"object"}:
+            return False
+        for name in flat.required:
+            values = None
+            for part in flat.objects:
+                if name in part.properties:
+                    found = candidates(flatten(self.doc, [part.properties[name]]))
+                    if found is not None:
+                        values = found if values is None else [v for v in values if v in found]
+            if values == []:
+                self.note_unsat(f"required property {name!r} has no value every branch allows")
+                return True
+        return False
 
     def _finite(self, candidates: list, origin: Located) -> Node | None:
         seen, nodes = set(), []

@@ -186,10 +186,16 @@ def _read(doc: SchemaDocument, flat: Flat, loc: Located, stack: list, resolved: 
     if "propertyNames" in s:
         flat.property_names.append(loc.child(s["propertyNames"], "propertyNames"))
     if "not" in s:
-        _read_not(doc, flat, loc.child(s["not"], "not"), resolved)
+        _read_not(doc, flat, loc.child(s["not"], "not"), stack, resolved)
     _read_dependencies(doc, flat, loc, resolved)
     if "if" in s and ("then" in s or "else" in s):
-        flat.unsupported.append(("if", f"{path}/if"))
+        # if P then T else E  ==  (P and T) or (not P and E); the two branches never overlap.
+        condition, then, otherwise = s["if"], s.get("then", True), s.get("else", True)
+        branches = [
+            Located(doc.derived(("if-then", id(s)), lambda: {"allOf": [condition, then]}), loc.base, f"{path}/then"),
+            Located(doc.derived(("if-else", id(s)), lambda: {"allOf": [negation(doc, condition), otherwise]}), loc.base, f"{path}/if"),
+        ]
+        _add_disjunction(flat, "anyOf", ("if", id(s)), branches, f"{path}/if", resolved)
     for index, sub in enumerate(s.get("allOf", [])):
         stack.append(loc.child(sub, f"allOf/{index}"))
     for kind in ("anyOf", "oneOf"):
@@ -203,16 +209,43 @@ def absent(doc: SchemaDocument, name: str) -> dict:
     return doc.derived(("absent", name), lambda: {"properties": {name: False}, "additionalProperties": True})
 
 
-def _read_not(doc: SchemaDocument, flat: Flat, loc: Located, resolved: frozenset) -> None:
-    """`not`: of nothing, of everything, of `required` (exact rewrites); others kept for the
-    caller (`not` of types is compiled, anything else refused unless values are enumerated)."""
+def negation(doc: SchemaDocument, schema: Any) -> Any:
+    """A schema for exactly the values `schema` rejects: rewritten structurally where that is
+    exact (booleans; `properties`, `allOf`, `anyOf`, `not` alone), else `{"not": schema}`."""
+    return doc.derived(("negation", id(schema)), lambda: _negation(doc, schema))
+
+
+def _negation(doc: SchemaDocument, s: Any) -> Any:
+    if isinstance(s, bool):
+        return not s
+    keys = [k for k in s if k in ASSERTION_KEYWORDS]
+    if len(keys) != 1:
+        return {"not": s} if keys else False
+    keyword, value = keys[0], s[keys[0]]
+    if keyword == "properties" and isinstance(value, dict) and value:
+        # Fails only for an object that has one of the properties with a rejected value.
+        options = [{"type": "object", "required": [k], "properties": {k: negation(doc, v)}} for k, v in value.items()]
+        return options[0] if len(options) == 1 else {"anyOf": options}
+    if keyword == "allOf" and value:
+        return {"anyOf": [negation(doc, v) for v in value]}
+    if keyword == "anyOf" and value:
+        return {"allOf": [negation(doc, v) for v in value]}
+    if keyword == "not":
+        return value
+    return {"not": s}
+
+
+def _read_not(doc: SchemaDocument, flat: Flat, loc: Located, stack: list, resolved: frozenset) -> None:
+    """`not`: structural rewrites (`negation`), of nothing, of everything, of `required`; others
+    kept for the caller (`not` of types is compiled, anything else refused unless the values are
+    enumerated and checked by the validator)."""
     s = loc.schema
-    assertions = [] if isinstance(s, bool) else [k for k in s if k in ASSERTION_KEYWORDS]
-    if s is False:
+    rewritten = negation(doc, s)
+    if not (isinstance(rewritten, dict) and list(rewritten) == ["not"]):
+        stack.append(Located(rewritten, loc.base, loc.path))
         return
-    if not assertions:
-        flat.unsat = flat.unsat or f"the `not` at {loc.path} excludes every value"
-    elif assertions == ["required"] and isinstance(s["required"], list) and s["required"]:
+    assertions = [k for k in s if k in ASSERTION_KEYWORDS]
+    if assertions == ["required"] and isinstance(s["required"], list) and s["required"]:
         # Non-objects satisfy any `required`, so its negation holds only for objects lacking a name.
         flat.types = (flat.types if flat.types is not None else ALL_TYPES) & {"object"}
         names = list(dict.fromkeys(s["required"]))

@@ -156,15 +156,13 @@ def _unnamed_properties(builder: "_Builder", flat: Flat, names: list[str], origi
         return _enumerated_keys(builder, parts, names, allowed, extras, origin)
     if flat.property_names and (patterns or extras):
         raise GrammarError(f"propertyNames at {flat.property_names[0].path} with unnamed properties")
-    items, fsms = [], []
+    items = []
     for pattern, loc in patterns.items():
         keys = _pattern_keys(pattern, names, loc.path)
         if keys is None:
             continue
-        fsm = regex_fsm(keys)
-        if any(not fsm.isdisjoint(other) for other in fsms):
+        if len(patterns) > 1 and not _keys_avoid(keys, [p for p in patterns if p != pattern]):
             raise GrammarError(f"patternProperties at {loc.path}: patterns overlap (keys would need both schemas)")
-        fsms.append(fsm)
         value = builder.gen(loc)
         if value is not None:
             items.append((seq(Pat(f'"{keys}"'), builder.tok(":"), value), _STAR))
@@ -180,6 +178,19 @@ def _unnamed_properties(builder: "_Builder", flat: Flat, names: list[str], origi
         if keys is not None and value is not None:
             items.append((seq(Pat(f'"{keys}"'), builder.tok(":"), value), _STAR))
     return items
+
+
+def _keys_avoid(keys: str, patterns: list[str]) -> bool:
+    """Whether no key of `keys` can match any of `patterns`, read generously (ECMA or Python)."""
+    fsm = regex_fsm(keys)
+    for pattern in patterns:
+        try:
+            other = pattern_regex(pattern, upper=True)
+        except PatternError:
+            return False
+        if other is not None and not fsm.isdisjoint(regex_fsm(other)):
+            return False
+    return True
 
 
 def _pattern_keys(pattern: str, names: list[str], path: str) -> str | None:

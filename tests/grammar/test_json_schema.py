@@ -304,7 +304,7 @@ def test_pydantic_models_are_accepted():
         ({"properties": {"a": {"type": "integer", "multipleOf": 3}}}, ["multipleOf", "#/properties/a/multipleOf"]),
         ({"type": "object", "unevaluatedProperties": False}, ["unevaluatedProperties"]),
         ({"type": "array", "uniqueItems": True}, ["uniqueItems"]),
-        ({"if": {"type": "string"}, "then": {"minLength": 1}}, ["if"]),
+        ({"type": "string", "not": {"pattern": "^a"}}, ["not", "#/not"]),
     ],
 )
 def test_unsupported_keywords_name_keyword_and_path(schema, words):
@@ -386,3 +386,17 @@ def test_property_names_enumerated_or_unconstrained():
     schema = {"type": "object", "propertyNames": {"enum": ["a", "b"]}, "additionalProperties": {"type": "integer"}}
     assert accepts(schema, '{"a":1,"b":2}') and not accepts(schema, '{"c":1}')
     assert accepts({"type": "object", "propertyNames": {"type": "string"}, "additionalProperties": {"type": "null"}}, '{"k":null}')
+
+
+def test_if_then_else_is_split_on_the_condition():
+    schema = {
+        "type": "object",
+        "properties": {"kind": {"enum": ["a", "b"]}, "x": {"type": "integer"}, "y": {"type": "string"}},
+        "required": ["kind"],
+        "if": {"properties": {"kind": {"const": "a"}}},
+        "then": {"required": ["x"]},
+        "else": {"required": ["y"]},
+    }
+    assert accepts(schema, '{"kind":"a","x":1}') and accepts(schema, '{"kind":"b","y":""}')
+    assert not accepts(schema, '{"kind":"a","y":""}') and not accepts(schema, '{"kind":"b","x":1}')
+    assert accepts({"type": ["string", "integer"], "if": {"type": "string"}, "then": {"minLength": 2}}, "7")
