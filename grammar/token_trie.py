@@ -57,8 +57,15 @@ class TokenTrie:
         np.maximum.at(self.child_hi, self.node_parent[1:], child + 1)
         self.child_hi = np.maximum(self.child_hi, self.child_lo)
         self.child_lo = np.minimum(self.child_lo, self.child_hi)
-        # token -> node (-1: no bytes, i.e. special); tokens with identical bytes share a node
+        # token -> node (-1: no bytes, i.e. special), and node -> its token (-1: none); tokens
+        # with identical bytes share a node, the extra ones are listed in dup_nodes/dup_tokens
         self.token_node = np.where(token_node >= 0, new_id[np.maximum(token_node, 0)], -1)
+        tokens = np.nonzero(self.token_node >= 0)[0]
+        self.node_token = np.full(n, -1, dtype=np.int64)
+        self.node_token[self.token_node[tokens]] = tokens
+        duplicate = tokens[self.node_token[self.token_node[tokens]] != tokens]
+        self.dup_nodes = self.token_node[duplicate]
+        self.dup_tokens = duplicate
         self.max_depth = int(self.node_depth.max()) if n else 0
         bounds = np.searchsorted(self.node_depth, np.arange(self.max_depth + 2))
         self.levels = [(int(bounds[d]), int(bounds[d + 1])) for d in range(1, self.max_depth + 1)]
@@ -70,63 +77,68 @@ class TokenTrie:
         boundaries: report lexeme ends (needs `dfa.accept_group`: int [capacity + 1], -1 = the
         state ends no lexeme); False for a plain regex, whose end is the end of everything.
         """
-        # state[n] = DFA state after node n's bytes, -1 = dead or not visited; state[-1] stays -1
-        # so that token_node == -1 (special tokens) reads as dead.
-        state = np.full(self.num_nodes + 1, -1, dtype=np.int32)
+        alive: list[np.ndarray] = []  # live nodes, level by level
         found: list[tuple[np.ndarray, np.ndarray]] | None = [] if boundaries else None
         if first_nodes is None:
-            self._walk_levels(state, dfa, start, found)
+            self._walk_levels(dfa, start, alive, found)
         else:
-            self._walk_frontier(state, first_nodes, dfa, start, found)
-        allowed = state[self.token_node] >= 0
+            self._walk_frontier(first_nodes, dfa, start, alive, found)
+        nodes = np.concatenate(alive) if alive else np.zeros(0, dtype=np.int64)
+        tokens = self.node_token[nodes]
+        allowed = np.zeros(self.vocab_size, dtype=bool)
+        allowed[tokens[tokens >= 0]] = True
+        if self.dup_tokens.shape[0]:
+            allowed[self.dup_tokens[np.isin(self.dup_nodes, nodes)]] = True
         packed = pack_bool_mask(allowed, self.num_words)
         if found:
-            nodes = np.concatenate([b[0] for b in found])
-            groups = np.concatenate([b[1] for b in found]).astype(np.int64)
-            return WalkResult(packed, nodes, groups)
+            b_nodes = np.concatenate([f[0] for f in found])
+            b_groups = np.concatenate([f[1] for f in found]).astype(np.int64)
+            return WalkResult(packed, b_nodes, b_groups)
         empty = np.zeros(0, dtype=np.int64)
         return WalkResult(packed, empty, empty)
 
-    def _walk_levels(self, state, dfa, start, found) -> None:
+    def _walk_levels(self, dfa, start, alive, found) -> None:
         """Whole-trie walk, one level at a time: a level where many nodes are live is processed
-        densely (contiguous slices), a sparse one only at the children of live nodes."""
-        state[0] = start
+        densely (one contiguous slice), a sparse one only at the children of live nodes."""
         byte_class = dfa.byte_class
-        live = np.zeros(1, dtype=np.int64)  # live nodes of the previous level (the root)
+        live = np.zeros(1, dtype=np.int64)  # live nodes of the previous level (the root) ...
+        live_state = np.full(1, start, dtype=np.int32)  # ... and their DFA states
+        prev_lo, prev_hi = 0, 1
         for lo, hi in self.levels:
             first = self.child_lo[live]
             count = self.child_hi[live] - first
             total = int(count.sum())
             if total == 0:
                 return
-            table = dfa.ensure(state[live])
+            table = dfa.ensure(live_state)
             if 4 * total >= hi - lo:
-                prev = state[self.node_parent[lo:hi]]
-                nxt = table[prev, byte_class[self.node_byte[lo:hi]]]
-                state[lo:hi] = nxt
+                prev_dense = np.full(prev_hi - prev_lo, -1, dtype=np.int32)
+                prev_dense[live - prev_lo] = live_state
                 nodes = None
+                prev = prev_dense[self.node_parent[lo:hi] - prev_lo]
+                nxt = table[prev, byte_class[self.node_byte[lo:hi]]]
             else:
                 nodes = _expand(first, count, total)
-                prev = np.repeat(state[live], count)
+                prev = np.repeat(live_state, count)
                 nxt = table[prev, byte_class[self.node_byte[nodes]]]
-                state[nodes] = nxt
             ok = nxt >= 0
             if found is not None:
                 group = dfa.accept_group[prev]
                 hit = ~ok & (group >= 0)
                 if hit.any():
-                    hit_nodes = lo + np.flatnonzero(hit) if nodes is None else nodes[hit]
-                    found.append((hit_nodes, group[hit]))
+                    found.append((lo + np.flatnonzero(hit) if nodes is None else nodes[hit], group[hit]))
             live = lo + np.flatnonzero(ok) if nodes is None else nodes[ok]
+            live_state = nxt[ok]
+            alive.append(live)
+            prev_lo, prev_hi = lo, hi
 
-    def _walk_frontier(self, state, frontier, dfa, start, found) -> None:
+    def _walk_frontier(self, frontier, dfa, start, alive, found) -> None:
         """Walk of subtrees whose roots may sit at different depths: frontier by frontier."""
         prev = np.full(frontier.shape[0], start, dtype=np.int32)
         byte_class = dfa.byte_class
         while frontier.shape[0]:
             table = dfa.ensure(prev)
             nxt = table[prev, byte_class[self.node_byte[frontier]]]
-            state[frontier] = nxt
             ok = nxt >= 0
             if found is not None:
                 group = dfa.accept_group[prev]
@@ -134,6 +146,7 @@ class TokenTrie:
                 if hit.any():
                     found.append((frontier[hit], group[hit]))
             live = frontier[ok]
+            alive.append(live)
             first = self.child_lo[live]
             count = self.child_hi[live] - first
             total = int(count.sum())

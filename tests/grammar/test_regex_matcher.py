@@ -166,3 +166,16 @@ def test_steady_state_mask_is_cached(info, gen):
     m.accept_text("cd")
     assert (gen.allowed_tokens(m, info.vocab_size) == first).all()
     assert compiled.num_cached_states == cached
+
+
+def test_tokens_with_identical_bytes_and_special_tokens():
+    from lmlang.grammar import TokenizerInfo
+
+    info = TokenizerInfo([b"a", b"ab", b"a", None, b"b", b"ba"], eos_token_ids=[3], vocab_size=40)
+    m = compile_regex("ab?", info).matcher()
+    buf = allocate_bitmask(1, info.vocab_size)
+    m.fill_bitmask(buf, 0)
+    assert np.nonzero(bitmask_to_bool(buf, 0, info.vocab_size))[0].tolist() == [0, 1, 2]
+    assert m.accept(2)
+    m.fill_bitmask(buf, 0)
+    assert np.nonzero(bitmask_to_bool(buf, 0, info.vocab_size))[0].tolist() == [3, 4]
