@@ -12,6 +12,20 @@ Public API (imported lazily, so `import lmlang.grammar` is cheap):
 - `allocate_bitmask(batch, vocab_size)`, `bitmask_to_bool(buf, row, vocab_size)`.
 - `GrammarError` (a ValueError) for every constraint that cannot be compiled.
 - Typed regexes for gen_int & co: `INT_REGEX`, `FLOAT_REGEX`, `BOOL_REGEX`, `STRING_REGEX`.
+
+How it works (one file per step):
+- tokenizer_info.py / token_trie.py: every token's bytes, in a breadth-first trie of flat arrays.
+- regex_dfa.py / utf8.py / byte_dfa.py / lazy_table.py: a regex (parsed by interegular) becomes a
+  byte-level NFA, determinized lazily (a DFA state's row is built when first reached); large
+  counted repetitions keep a counter instead of being unrolled.
+- cfg.py / earley.py / lexer.py: a lark grammar becomes BNF rules over terminals (each a byte
+  DFA), an Earley recognizer with persistent nodes, and a lazily built product lexer per set of
+  terminals the parser expects.
+- regex_matcher.py / cfg_matcher.py: a token mask is a vectorized walk of the trie through the
+  (lexer) DFA, cached per state, so repeated states cost a dict lookup and a row copy;
+  bitmask.py holds the packed layout the runtime and kernels share.
+- Performance note for servers: lazily built automata allocate many small Python objects; call
+  `gc.freeze()` after startup so that cyclic-GC passes do not rescan long-lived objects.
 """
 
 import importlib

@@ -149,3 +149,33 @@ def test_horizon_views_agree_with_the_dfa_for_short_inputs(pattern):
             assert (exact >= 0) == (seen >= 0), (prefix, suffix)
             assert exact < 0 or dfa.accept[exact] == view.accept[seen], (prefix, suffix)
     assert view.num_states < 200  # far-from-bounds positions share view states
+
+
+def _random_regexes():
+    atoms = st.sampled_from(["a", "b", "c", "é", "[ab]", "[^a]", ".", "\\d", "(?:)"])
+
+    def extend(children):
+        pair = st.tuples(children, children)
+        return st.one_of(
+            pair.map(lambda p: p[0] + p[1]),
+            pair.map(lambda p: f"(?:{p[0]}|{p[1]})"),
+            children.map(lambda r: f"(?:{r})*"),
+            children.map(lambda r: f"(?:{r})+"),
+            children.map(lambda r: f"(?:{r})?"),
+            st.tuples(children, st.integers(0, 12), st.integers(0, 12)).map(
+                lambda t: f"(?:{t[0]}){{{min(t[1], t[2])},{max(t[1], t[2])}}}"
+            ),
+        )
+
+    return st.recursive(atoms, extend, max_leaves=6)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pattern=_random_regexes(), seed=st.integers(0, 2**16))
+def test_random_regexes_agree_with_re(pattern, seed):
+    dfa = regex_to_dfa(pattern)
+    compiled = re.compile(pattern, re.ASCII)
+    rng = random.Random(seed)
+    for _ in range(200):
+        s = "".join(rng.choice("abcé1\n") for _ in range(rng.randint(0, 14)))
+        assert dfa.matches(s.encode()) == bool(compiled.fullmatch(s)), (pattern, s)
