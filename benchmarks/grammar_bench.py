@@ -218,7 +218,7 @@ def run_case_bounded(engine, kind, source, token_ids, timeout_s: float):
         return run_case(engine, kind, source, token_ids)
     ctx = multiprocessing.get_context("fork")
     receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child_case, args=(sender, engine, kind, source, token_ids))
+    child = ctx.Process(target=_child_case, args=(sender, engine, kind, source, token_ids), daemon=True)
     child.start()
     sender.close()
     if receiver.poll(timeout_s):
