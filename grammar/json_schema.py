@@ -50,11 +50,24 @@ import math
 import re
 from typing import Any
 
+from interegular.patterns import InvalidSyntax, Unsupported
+
 from .errors import GrammarError
 from .json_schema_document import ASSERTION_KEYWORDS, TYPE_KEYWORDS, SchemaDocument
 from .json_schema_ecma import PatternError, pattern_regex
 from .json_schema_flatten import Flat, Located, flatten
-from .json_schema_ir import EMPTY, Grammar, Lit, Node, Pat, Ref, alt, escape_literal, rep, seq
+from .json_schema_ir import (
+    EMPTY,
+    Grammar,
+    Lit,
+    Node,
+    Pat,
+    Ref,
+    alt,
+    escape_literal,
+    rep,
+    seq,
+)
 from .json_schema_numbers import multiple_of_regex, number_range_regex
 from .json_schema_objects import build_array, build_object
 from .json_schema_oneof import candidates, exclusive, required_only_branches
@@ -127,7 +140,7 @@ def _whitespace(pattern: str | None) -> str | None:
     try:
         re.compile(pattern)
         fsm = regex_fsm(pattern)
-    except Exception as e:
+    except (re.error, ValueError, InvalidSyntax, Unsupported) as e:
         raise GrammarError(f"whitespace_pattern {pattern!r} is not a supported regex: {e}") from None
     live = {s for s in fsm.states if _reaches_final(fsm, s)}
     for state in live:
@@ -406,7 +419,7 @@ class _Builder:
         if len(patterns) > 1:
             raise GrammarError(f"pattern at {list(patterns.values())[1]}: several patterns in one schema")
         if formats and patterns:
-            raise GrammarError(f"pattern at {list(patterns.values())[0]} together with a format")
+            raise GrammarError(f"pattern at {next(iter(patterns.values()))} together with a format")
         if formats:
             name, path = next(iter(formats.items()))
             regex, fmin, fmax = FORMATS[name]

@@ -166,7 +166,7 @@ class _Parser:
             self.i += 4
             low = self.text[self.i : self.i + 6]
             if 0xD800 <= code <= 0xDBFF and re.fullmatch("\\\\u[dD][c-fC-F][0-9a-fA-F]{2}", low):
-                code = 0x10000 + ((code - 0xD800) << 10) + (int(low[2:], 16) - 0xDC00)
+                code = 0x10000 + ((code - 0xD800) << 10) + (int(low.removeprefix("\\u"), 16) - 0xDC00)
                 self.i += 6
         elif ch.isalnum() or not ch:
             raise PatternError(f"escape \\{ch}")

@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from .json_schema_document import ASSERTION_KEYWORDS, TYPE_KEYWORDS, UNSUPPORTED_KEYWORDS, SchemaDocument
+from .json_schema_document import (
+    ASSERTION_KEYWORDS,
+    TYPE_KEYWORDS,
+    UNSUPPORTED_KEYWORDS,
+    SchemaDocument,
+)
 from .json_schema_numbers import Bound, tighter_lower, tighter_upper
 
 # "number" is split so that intersecting with "integer" is plain set intersection.
@@ -34,7 +39,7 @@ class Located:
     base: str
     path: str
 
-    def child(self, schema: Any, token: str) -> "Located":
+    def child(self, schema: Any, token: str) -> Located:
         return Located(schema, self.base, f"{self.path}/{token}")
 
 
@@ -265,9 +270,9 @@ def _read_dependencies(doc: SchemaDocument, flat: Flat, loc: Located, resolved: 
         for name, dependency in s[keyword].items():
             path = f"{loc.path}/{keyword}/{_token(name)}"
             if isinstance(dependency, list):
-                present = doc.derived(("requires", name, id(dependency)), lambda: {"required": [name, *dependency]})
+                present = doc.derived(("requires", name, id(dependency)), lambda name=name, dependency=dependency: {"required": [name, *dependency]})
             else:
-                present = doc.derived(("implies", name, id(dependency)), lambda: {"required": [name], "allOf": [dependency]})
+                present = doc.derived(("implies", name, id(dependency)), lambda name=name, dependency=dependency: {"required": [name], "allOf": [dependency]})
             branches = [Located(absent(doc, name), loc.base, path), Located(present, loc.base, path)]
             _add_disjunction(flat, "anyOf", ("dependency", id(dependency), name), branches, path, resolved)
 

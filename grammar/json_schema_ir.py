@@ -15,7 +15,6 @@ matches at least one character (whitespace is attached to punctuation, never a l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 _REGEX_META = set(".^$*+?{}[]\\|()")
 # Ref-free subtrees up to this many regex characters become one lark terminal.
@@ -44,7 +43,7 @@ class Alt:
 
 @dataclass(frozen=True)
 class Rep:
-    node: "Node"
+    node: Node
     min: int
     max: int | None
 
@@ -54,7 +53,7 @@ class Ref:
     name: str
 
 
-Node = Union[Lit, Pat, Seq, Alt, Rep, Ref]
+Node = Lit | Pat | Seq | Alt | Rep | Ref
 EMPTY = Seq(())
 
 

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 _REQUIRED, _OPTIONAL, _STAR = "required", "optional", "star"
 
 
-def comma_sequence(builder: "_Builder", items: list[tuple[Node, str]], sep: Node) -> Node | None:
+def comma_sequence(builder: _Builder, items: list[tuple[Node, str]], sep: Node) -> Node | None:
     """Comma-separated items in the given order (None if no item at all can appear).
 
     Required items must appear, optional ones at most once, star ones any number of times."""
@@ -69,7 +69,7 @@ def comma_sequence(builder: "_Builder", items: list[tuple[Node, str]], sep: Node
     return alt(*reversed(options))
 
 
-def build_object(builder: "_Builder", flat: Flat, origin: Located) -> Node | None:
+def build_object(builder: _Builder, flat: Flat, origin: Located) -> Node | None:
     """The object language of `flat` (None if no object satisfies it)."""
     parts = flat.objects
     names: list[str] = []
@@ -109,7 +109,7 @@ def build_object(builder: "_Builder", flat: Flat, origin: Located) -> Node | Non
     return node
 
 
-def _named_value(builder: "_Builder", parts: list, name: str, origin: Located) -> Node | None:
+def _named_value(builder: _Builder, parts: list, name: str, origin: Located) -> Node | None:
     """The value language of a named property: the conjunction of what every part requires."""
     locs = []
     for part in parts:
@@ -134,7 +134,7 @@ def _pattern_matches(pattern: str, name: str, path: str) -> bool:
         return ours
 
 
-def _unnamed_properties(builder: "_Builder", flat: Flat, names: list[str], origin: Located) -> list[tuple[Node, str]]:
+def _unnamed_properties(builder: _Builder, flat: Flat, names: list[str], origin: Located) -> list[tuple[Node, str]]:
     """Items for properties that `properties`/`required` do not name: pattern keys, then the
     additional ones (any other key), as star items; with an enumerated propertyNames, optional
     items for the enumerated keys instead."""
@@ -209,7 +209,7 @@ def _pattern_keys(pattern: str, names: list[str], path: str) -> str | None:
         raise GrammarError(f"patternProperties pattern at {path}: {e}") from None
 
 
-def _property_names(builder: "_Builder", flat: Flat) -> list[str] | None:
+def _property_names(builder: _Builder, flat: Flat) -> list[str] | None:
     """The keys `propertyNames` allows when it enumerates them, else None (no constraint on
     unnamed keys, or one only checked on the named keys)."""
     allowed = None
@@ -223,7 +223,7 @@ def _property_names(builder: "_Builder", flat: Flat) -> list[str] | None:
     return [k for k in allowed if all(builder.doc.is_valid(loc.schema, k) for loc in flat.property_names)]
 
 
-def _no_key_constraint(builder: "_Builder", flat: Flat) -> bool:
+def _no_key_constraint(builder: _Builder, flat: Flat) -> bool:
     """Whether every propertyNames schema accepts every string (e.g. {"type": "string"})."""
     for loc in flat.property_names:
         f = flatten(builder.doc, [loc])
@@ -236,7 +236,7 @@ def _no_key_constraint(builder: "_Builder", flat: Flat) -> bool:
     return True
 
 
-def _enumerated_keys(builder: "_Builder", parts: list, names: list[str], allowed: list[str], extras: bool, origin: Located) -> list:
+def _enumerated_keys(builder: _Builder, parts: list, names: list[str], allowed: list[str], extras: bool, origin: Located) -> list:
     """Optional items for the keys an enumerated propertyNames allows beyond the named ones."""
     items = []
     for key in dict.fromkeys(allowed):
@@ -251,7 +251,7 @@ def _enumerated_keys(builder: "_Builder", parts: list, names: list[str], allowed
     return items
 
 
-def build_array(builder: "_Builder", flat: Flat, origin: Located) -> Node | None:
+def build_array(builder: _Builder, flat: Flat, origin: Located) -> Node | None:
     """The array language of `flat` (None if no array satisfies it)."""
     parts = flat.arrays
     n_prefix = max((len(p.prefix) for p in parts), default=0)

@@ -149,7 +149,7 @@ def required_only_branches(doc: SchemaDocument, branches: list[Located]) -> list
             if not missing:
                 extra = None
                 break
-            schema = doc.derived(("absent-any", missing), lambda: {"anyOf": [absent(doc, n) for n in missing]})
+            schema = doc.derived(("absent-any", missing), lambda missing=missing: {"anyOf": [absent(doc, n) for n in missing]})
             extra.append(Located(schema, loc.base, loc.path))
         out.append(extra)
     return out

@@ -182,7 +182,7 @@ def key_complement_regex(names: list[str], alphabet: Charset = UNIVERSE, blocked
     """Canonical-unit string bodies (no quotes) of every string over `alphabet` that is not in
     `names` and does not start with a `blocked` prefix (None: no string is left)."""
     trie: dict = {}
-    in_alphabet = lambda text: all(charset_contains(alphabet, ord(c)) for c in text)  # noqa: E731
+    in_alphabet = lambda text: all(charset_contains(alphabet, ord(c)) for c in text)
     for text, mark in [(n, "name") for n in names] + [(b, "blocked") for b in blocked]:
         if not in_alphabet(text):
             continue

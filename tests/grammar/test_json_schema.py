@@ -10,7 +10,6 @@ from pathlib import Path
 import jsonschema
 import lark
 import pytest
-
 from lmlang.grammar.errors import GrammarError
 from lmlang.grammar.json_schema import json_schema_to_grammar, json_schema_to_ir
 

@@ -2,13 +2,14 @@
 pipeline (GrammarCompiler, random logits) parse and validate, on both test-data sources."""
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 _BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "grammar_soundness.py"
-_DATA = Path("/work/shared/data")
+_DATA = Path(os.environ.get("LMLANG_TEST_DATA", "/work/shared/data"))
 
 
 def _load_benchmark():
