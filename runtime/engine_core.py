@@ -7,6 +7,7 @@ traceback), then `TokenOut`s and `ControlOut`s as work completes.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -116,6 +117,9 @@ def run_engine_core(cfg: EngineConfig, in_addr: str, out_addr: str) -> None:
         push.send(pack([ControlOut(cid=0, error=traceback.format_exc())]))
         push.close(linger=2000)
         return
+    # long-lived start-up objects (model, tokenizer, caches) leave the GC's scans: no pauses mid-decode
+    gc.collect()
+    gc.freeze()
     push.send(pack([ControlOut(cid=0, result=core.info.to_dict() | {"kv_total": core.scheduler.allocator.total})]))
     try:
         _loop(core, pull, push)
