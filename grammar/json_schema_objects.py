@@ -4,10 +4,15 @@ Objects. Properties are emitted in schema order (the order of `properties`, then
 names that `properties` does not list); required ones are mandatory, optional ones optional.
 Then come the properties the schema does not name, if it allows any:
 
-- `patternProperties` keys match their pattern (patterns must be provably disjoint, match no named
-  property, and `additionalProperties` must be false or absent);
-- `additionalProperties: true` or a schema: any key except the named ones (the key language is
-  the exact complement of the named keys over canonically serialized keys).
+- `patternProperties` keys match their pattern, with the schema of that pattern. Patterns must be
+  provably disjoint (read generously, as ECMA or Python may); named properties are subtracted
+  exactly from patterns of the form `^literal` / `^literal[class]*$`, other patterns must match
+  no named property. Named properties that a pattern matches take its schema too.
+- `additionalProperties: true` or a schema: any key except the named ones and those of the
+  patterns (which must then be `^literal` prefixes), by exact complement over canonically
+  serialized keys (one serialization per key, so excluding a name excludes it for good).
+- `propertyNames` that enumerates keys turns the allowed unnamed keys into optional properties;
+  one that accepts every string is no constraint; others are checked on the named keys only.
 
 An object schema that names properties but says nothing about `additionalProperties` gets no
 unnamed properties (a sound tightening, as in OpenAI structured outputs and XGrammar's strict
