@@ -26,11 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .bitmask import as_numpy_rows
 from .cfg import CFG
 from .earley import EarleyNode, EarleyTables
 from .lexer import GroupTable, Lexer, build_lexer
-from .matcher import CompiledGrammar, GrammarMatcher
+from .matcher import CompiledGrammar, HistoryMatcher
 from .regex_matcher import MAX_FORCED_BYTES, complete_utf8_prefix
 from .tokenizer_info import TokenizerInfo
 
@@ -202,7 +201,7 @@ class CompiledCFG(CompiledGrammar):
         return live
 
 
-class CFGMatcher(GrammarMatcher):
+class CFGMatcher(HistoryMatcher):
     """Matcher state: (Earley node, lexer, lexer state), a terminated flag and the history."""
 
     def __init__(self, compiled: CompiledCFG, node: EarleyNode, lexer: Lexer, state: int, terminated=False, history=None):
@@ -213,23 +212,8 @@ class CFGMatcher(GrammarMatcher):
         self._terminated = terminated
         self._history: list[tuple] = history if history is not None else []
 
-    @property
-    def tokenizer_info(self) -> TokenizerInfo:
-        return self._compiled.tokenizer_info
-
-    @property
-    def num_steps(self) -> int:
-        return len(self._history)
-
-    def fill_bitmask(self, buf: Any, row: int = 0) -> None:
-        rows = as_numpy_rows(buf)
-        info = self._compiled.tokenizer_info
-        if self._terminated:
-            rows[row] = info.eos_bits
-            return
-        rows[row] = self._compiled.node_mask(self._node, self._lexer, self._state)
-        if self.can_terminate():
-            rows[row] |= info.eos_bits
+    def _current_mask(self) -> Any:
+        return self._compiled.node_mask(self._node, self._lexer, self._state)
 
     def accept(self, token_id: int) -> bool:
         info = self._compiled.tokenizer_info

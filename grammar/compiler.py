@@ -90,17 +90,12 @@ def compile_grammar(
     return CompiledCFG(load_cfg(source, start, options), tokenizer_info, kind="grammar", source=source, options=options)
 
 
-def canonical_schema(schema: dict | str) -> str:
+def canonical_schema(schema: Any) -> str:
     """A JSON schema as compact JSON text: the cache key. Key order is kept, because property
     order decides the order in which an object's properties are generated."""
-    if isinstance(schema, str):
-        try:
-            schema = json.loads(schema)
-        except json.JSONDecodeError as e:
-            raise GrammarError(f"JSON schema is not valid JSON: {e}") from None
-    if not isinstance(schema, (dict, bool)):
-        raise GrammarError(f"a JSON schema must be an object or a boolean, got {type(schema).__name__}")
-    return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
+    from .json_schema import load_schema
+
+    return json.dumps(load_schema(schema), separators=(",", ":"), ensure_ascii=False)
 
 
 class GrammarCompiler:

@@ -106,7 +106,7 @@ def json_schema_to_grammar(schema: dict | str | bool | type, whitespace_pattern:
 def json_schema_to_ir(schema: dict | str | bool | type, whitespace_pattern: str | None = None) -> Grammar:
     """The grammar IR behind `json_schema_to_grammar` (same arguments and errors), for tools
     that walk the language directly, e.g. samplers in tests and benchmarks."""
-    schema = _load(schema)
+    schema = load_schema(schema)
     ws = _whitespace(whitespace_pattern)
     doc = SchemaDocument(schema)
     builder = _Builder(doc, ws)
@@ -118,7 +118,8 @@ def json_schema_to_ir(schema: dict | str | bool | type, whitespace_pattern: str 
     return grammar
 
 
-def _load(schema: Any) -> Any:
+def load_schema(schema: Any) -> Any:
+    """A schema given as a dict, a bool, JSON text or a pydantic model class, parsed and checked."""
     if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
         return schema.model_json_schema()
     if isinstance(schema, str):

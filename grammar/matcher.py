@@ -95,6 +95,42 @@ class GrammarMatcher(ABC):
         """How many accept calls can be rolled back (the length of the history)."""
 
 
+class HistoryMatcher(GrammarMatcher):
+    """Shared by the concrete matchers: a compiled grammar, a terminated flag and an undo history.
+
+    Subclasses set `_compiled`, `_terminated` and `_history`, and give `_current_mask()`: the
+    packed mask of the current state without the eos bits.
+    """
+
+    _compiled: Any
+    _terminated: bool
+    _history: list
+
+    @property
+    def tokenizer_info(self) -> TokenizerInfo:
+        return self._compiled.tokenizer_info
+
+    @property
+    def num_steps(self) -> int:
+        return len(self._history)
+
+    @abstractmethod
+    def _current_mask(self) -> Any:
+        """The current state's allowed-token words (eos excluded)."""
+
+    def fill_bitmask(self, buf: Any, row: int = 0) -> None:
+        from .bitmask import as_numpy_rows
+
+        rows = as_numpy_rows(buf)
+        info = self._compiled.tokenizer_info
+        if self._terminated:
+            rows[row] = info.eos_bits
+            return
+        rows[row] = self._current_mask()
+        if self.can_terminate():
+            rows[row] |= info.eos_bits
+
+
 class CompiledGrammar(ABC):
     """A constraint compiled for one tokenizer; immutable, shared across requests and threads."""
 

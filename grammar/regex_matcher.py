@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .bitmask import as_numpy_rows
 from .byte_dfa import ByteDFA
-from .matcher import CompiledGrammar, GrammarMatcher
+from .matcher import CompiledGrammar, HistoryMatcher
 from .tokenizer_info import TokenizerInfo
 
 MAX_FORCED_BYTES = 4096
@@ -69,7 +68,7 @@ class CompiledRegex(CompiledGrammar):
         return len(self._masks)
 
 
-class RegexMatcher(GrammarMatcher):
+class RegexMatcher(HistoryMatcher):
     """Matcher state: the DFA state, whether eos was accepted, and the history for rollback."""
 
     def __init__(self, compiled: CompiledRegex, state: int = 0, terminated: bool = False, history: list | None = None):
@@ -79,23 +78,8 @@ class RegexMatcher(GrammarMatcher):
         self._terminated = terminated
         self._history: list[tuple[int, bool]] = history if history is not None else []
 
-    @property
-    def tokenizer_info(self) -> TokenizerInfo:
-        return self._compiled.tokenizer_info
-
-    @property
-    def num_steps(self) -> int:
-        return len(self._history)
-
-    def fill_bitmask(self, buf: Any, row: int = 0) -> None:
-        rows = as_numpy_rows(buf)
-        info = self._compiled.tokenizer_info
-        if self._terminated:
-            rows[row] = info.eos_bits
-            return
-        rows[row] = self._compiled.state_mask(self._state)
-        if self._dfa.accept[self._state]:
-            rows[row] |= info.eos_bits
+    def _current_mask(self) -> Any:
+        return self._compiled.state_mask(self._state)
 
     def accept(self, token_id: int) -> bool:
         info = self._compiled.tokenizer_info
