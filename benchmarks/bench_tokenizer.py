@@ -42,19 +42,9 @@ def _corpus() -> list[str]:
 
 def build(path: pathlib.Path) -> None:
     """Train and save the tokenizer into `path`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from lmlang.testing.tokenizer import train_byte_level_bpe
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        min_frequency=2,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    tokenizer = train_byte_level_bpe(_corpus(), VOCAB_SIZE, SPECIAL_TOKENS)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(path / "tokenizer.json"))
     config = {

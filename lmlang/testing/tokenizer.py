@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from typing import Any, Iterable, Sequence
 
 from lmlang.testing.corpus import corpus_lines
 
@@ -39,8 +40,8 @@ CHAT_TEMPLATE = (
 )
 
 
-@functools.lru_cache(maxsize=4)
-def _trained_tokenizer_json(vocab_size: int) -> str:
+def train_byte_level_bpe(lines: Iterable[str], vocab_size: int, special_tokens: Sequence[str]) -> Any:
+    """A byte-level BPE `tokenizers.Tokenizer` trained on `lines` (deterministic for the same input)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -49,12 +50,17 @@ def _trained_tokenizer_json(vocab_size: int) -> str:
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(corpus_lines(), trainer=trainer)
-    return tokenizer.to_str()
+    tokenizer.train_from_iterator(lines, trainer=trainer)
+    return tokenizer
+
+
+@functools.lru_cache(maxsize=4)
+def _trained_tokenizer_json(vocab_size: int) -> str:
+    return train_byte_level_bpe(corpus_lines(), vocab_size, SPECIAL_TOKENS).to_str()
 
 
 def make_tokenizer(path: str | os.PathLike, vocab_size: int = 512) -> str:
