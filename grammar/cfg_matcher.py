@@ -215,19 +215,6 @@ class CFGMatcher(HistoryMatcher):
     def _current_mask(self) -> Any:
         return self._compiled.node_mask(self._node, self._lexer, self._state)
 
-    def accept(self, token_id: int) -> bool:
-        info = self._compiled.tokenizer_info
-        if self._terminated or not 0 <= token_id < info.vocab_size:
-            return False
-        if token_id in info.eos_token_ids:
-            if not self.can_terminate():
-                return False
-            self._push()
-            self._terminated = True
-            return True
-        data = info.token_bytes[token_id]
-        return data is not None and self.accept_bytes(data)
-
     def accept_bytes(self, data: bytes) -> bool:
         if self._terminated:
             return False

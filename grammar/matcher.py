@@ -98,8 +98,8 @@ class GrammarMatcher(ABC):
 class HistoryMatcher(GrammarMatcher):
     """Shared by the concrete matchers: a compiled grammar, a terminated flag and an undo history.
 
-    Subclasses set `_compiled`, `_terminated` and `_history`, and give `_current_mask()`: the
-    packed mask of the current state without the eos bits.
+    Subclasses set `_compiled`, `_terminated` and `_history`, and give `_current_mask()` (the
+    packed mask of the current state without the eos bits), `_push()` and `accept_bytes`.
     """
 
     _compiled: Any
@@ -117,6 +117,23 @@ class HistoryMatcher(GrammarMatcher):
     @abstractmethod
     def _current_mask(self) -> Any:
         """The current state's allowed-token words (eos excluded)."""
+
+    @abstractmethod
+    def _push(self) -> None:
+        """Records the current state on the history (one step for `rollback`)."""
+
+    def accept(self, token_id: int) -> bool:
+        info = self._compiled.tokenizer_info
+        if self._terminated or not 0 <= token_id < info.vocab_size:
+            return False
+        if token_id in info.eos_token_ids:
+            if not self.can_terminate():
+                return False
+            self._push()
+            self._terminated = True
+            return True
+        data = info.token_bytes[token_id]
+        return data is not None and self.accept_bytes(data)
 
     def fill_bitmask(self, buf: Any, row: int = 0) -> None:
         from .bitmask import as_numpy_rows

@@ -81,18 +81,8 @@ class RegexMatcher(HistoryMatcher):
     def _current_mask(self) -> Any:
         return self._compiled.state_mask(self._state)
 
-    def accept(self, token_id: int) -> bool:
-        info = self._compiled.tokenizer_info
-        if self._terminated or not 0 <= token_id < info.vocab_size:
-            return False
-        if token_id in info.eos_token_ids:
-            if not self._dfa.accept[self._state]:
-                return False
-            self._history.append((self._state, self._terminated))
-            self._terminated = True
-            return True
-        data = info.token_bytes[token_id]
-        return data is not None and self.accept_bytes(data)
+    def _push(self) -> None:
+        self._history.append((self._state, self._terminated))
 
     def accept_bytes(self, data: bytes) -> bool:
         if self._terminated:
@@ -100,7 +90,7 @@ class RegexMatcher(HistoryMatcher):
         nxt = self._dfa.run(data, self._state)
         if nxt < 0:
             return False
-        self._history.append((self._state, self._terminated))
+        self._push()
         self._state = nxt
         return True
 
