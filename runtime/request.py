@@ -58,6 +58,11 @@ class Req:
         return self.input_ids + self.output_ids
 
     @property
+    def fill_len(self) -> int:
+        """`len(fill_ids)` without building the list (the scheduler asks every step)."""
+        return len(self.input_ids) + len(self.output_ids)
+
+    @property
     def num_computed(self) -> int:
         return int(self.slots.shape[0])
 
@@ -72,7 +77,7 @@ class Req:
         At least the last token is always computed (its logits are needed), and prompt
         logprobs from `logprob_start_len` need the logits at positions start-1 onward.
         """
-        limit = len(self.fill_ids) - 1
+        limit = self.fill_len - 1
         if self.needs_input_logprobs and not self.output_ids:
             limit = min(limit, max(self.logprob_start_len - 1, 0))
         return max(limit, 0)

@@ -176,7 +176,7 @@ class Scheduler(SchedulerControl):
             min(r.params.max_new_tokens - len(r.output_ids), 4096) * self.new_token_ratio for r in self.running
         )
         if self.chunked is not None:
-            reserve += (len(self.chunked.fill_ids) - self.chunked.num_computed) + self.chunked.params.max_new_tokens * self.new_token_ratio
+            reserve += (self.chunked.fill_len - self.chunked.num_computed) + self.chunked.params.max_new_tokens * self.new_token_ratio
         return int(self.allocator.available() + self.cache.evictable_size() - reserve)
 
     def _match(self, req: Req) -> MatchResult:
@@ -188,7 +188,7 @@ class Scheduler(SchedulerControl):
         batch: list = []
         if self.chunked is not None:
             req = self.chunked
-            n = min(budget, len(req.fill_ids) - req.num_computed)
+            n = min(budget, req.fill_len - req.num_computed)
             slots = self._alloc(n, self._own_last_slot(req))
             if slots is None:
                 return []
@@ -196,7 +196,7 @@ class Scheduler(SchedulerControl):
             req.slots = torch.cat([req.slots, slots])
             batch.append((req, SeqChunk(req.fill_ids, prefix, prefix + n, req.slots)))
             budget -= n
-            if req.num_computed < len(req.fill_ids):
+            if req.num_computed < req.fill_len:
                 return batch
             self.chunked = None
         if not self.waiting or budget <= 0:
@@ -220,7 +220,7 @@ class Scheduler(SchedulerControl):
             m = self._match(req)
             if self._shares_uncached_prefix(req, m.length, [c for _, c in batch]):
                 continue  # in-batch prefix sharing: reuse the other request's prefill next round
-            need = len(req.fill_ids) - m.length
+            need = req.fill_len - m.length
             n = min(need, budget)
             if (self.running or batch) and n + reserved > self._headroom():
                 break
@@ -264,7 +264,7 @@ class Scheduler(SchedulerControl):
     def _preempt_for(self, head: Req, match_len) -> None:
         """Retracts lower-priority running requests while `head` cannot be admitted."""
         def blocked() -> bool:
-            need = len(head.fill_ids) - match_len(head)
+            need = head.fill_len - match_len(head)
             full = len(self.running) >= self.cfg.max_running_requests
             return full or min(need, self.cfg.chunked_prefill_size) > self._headroom()
 
@@ -291,7 +291,7 @@ class Scheduler(SchedulerControl):
                 positions = list(range(lo, hi))
                 lp_rows.append((req, positions, len(rows)))
                 rows.extend(offset + p - s.prefix_len for p in positions)
-            if s.seq_len == len(req.fill_ids):
+            if s.seq_len == req.fill_len:
                 sample_rows.append((req, len(rows)))
                 rows.append(offset + n_new - 1)
             offset += n_new
@@ -334,7 +334,7 @@ class Scheduler(SchedulerControl):
         seqs = []
         for req in batch:
             n = req.num_computed
-            pending = len(req.fill_ids) - n
+            pending = req.fill_len - n
             slots = self._alloc(pending, self._own_last_slot(req))
             req.slots = torch.cat([req.slots, slots])
             seqs.append(SeqChunk(req.fill_ids, n, n + pending, req.slots))
@@ -380,7 +380,7 @@ class Scheduler(SchedulerControl):
             if (r.grammar is not None or r.return_logprob or p.seed is not None or p.repetition_penalty != 1.0
                     or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
                     or produced < p.min_new_tokens or produced + 1 >= p.max_new_tokens
-                    or len(r.fill_ids) + ahead - r.num_computed != 1):
+                    or r.fill_len + ahead - r.num_computed != 1):
                 return False
         need = len(batch) * self.cfg.page_size
         return self.allocator.available() + self.cache.evictable_size() >= need
@@ -422,7 +422,7 @@ class Scheduler(SchedulerControl):
     def _ensure_decode_room(self) -> None:
         """Retracts requests until every running request can get one more slot."""
         while self.running:
-            need = sum(len(r.fill_ids) - r.num_computed for r in self.running) + len(self.running) * (self.cfg.page_size - 1)
+            need = sum(r.fill_len - r.num_computed for r in self.running) + len(self.running) * (self.cfg.page_size - 1)
             if self.allocator.available() + self.cache.evictable_size() >= need:
                 return
             if len(self.running) == 1:
