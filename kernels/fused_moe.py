@@ -1,9 +1,10 @@
 """Fused mixture-of-experts: tokens sorted by expert, one grouped GEMM per projection.
 
 Data path of `fused_experts` for M tokens, each routed to top_k experts:
-1. `moe_align_block_size`: the M * top_k (token, expert) pairs, numbered `t * top_k + j`, are
-   sorted by expert and each expert's run is padded to a multiple of BLOCK_SIZE_M with the
-   sentinel M * top_k, so every block of BLOCK_SIZE_M sorted rows belongs to one expert.
+1. `moe_align_block_size` (kernels/moe_align.py): the M * top_k (token, expert) pairs, numbered
+   `t * top_k + j`, are grouped by expert and each expert's run is padded to a multiple of
+   BLOCK_SIZE_M with the sentinel M * top_k, so every block of BLOCK_SIZE_M rows belongs to one
+   expert (one launch at decode sizes).
 2. `fused_moe_kernel` on w13 ([E, 2I, H]): for each block, `hidden[t] @ w13[e]^T` -> [M * top_k, 2I].
 3. `silu_and_mul` -> [M * top_k, I].
 4. `fused_moe_kernel` on w2 ([E, H, I]), times the routing weight -> [M * top_k, H].
@@ -15,6 +16,7 @@ All shapes stay on the device: no host sync, so the path can be captured in a CU
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -24,46 +26,18 @@ import triton.language as tl
 from lmlang.kernels.activation import silu_and_mul
 from lmlang.kernels.fp8 import FP8_DTYPE, dequant_weight_block_fp8, per_token_group_quant_fp8
 from lmlang.kernels.launch import dot_needs_fp32, launch
+from lmlang.kernels.moe_align import moe_align_block_size
 from lmlang.kernels.moe_config import FusedMoEConfig, get_fused_moe_config
 from lmlang.kernels.tiling import grouped_tile
 
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+__all__ = ["fused_experts", "fused_moe_gemm", "fused_moe_kernel", "moe_align_block_size", "ref_fused_experts"]
 
 
-def moe_align_block_size(
-    topk_ids: torch.Tensor, block_size: int, num_experts: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sorts (token, slot) pairs by expert, padding each expert's run to a multiple of block_size.
-
-    topk_ids: [M, top_k] expert ids in [0, num_experts). Returns
-    - sorted_ids [M * top_k + E * (block_size - 1)] int32: flat pair index `t * top_k + j`, or the
-      sentinel M * top_k in padding and in the unused tail;
-    - expert_ids [len(sorted_ids) / block_size] int32: the expert of each block, -1 past the end;
-    - num_tokens_post_padded [1] int32: how many entries of sorted_ids are in use.
-    Within an expert, pairs keep their flat order.
-    """
-    if topk_ids.dim() != 2:
-        raise ValueError(f"moe_align_block_size: topk_ids must be [M, top_k], got {tuple(topk_ids.shape)}")
-    device = topk_ids.device
-    flat = topk_ids.flatten().long()  # [n]
-    n = flat.numel()
-    max_padded = n + num_experts * (block_size - 1)
-    max_blocks = triton.cdiv(max_padded, block_size)
-    counts = torch.zeros(num_experts, dtype=torch.long, device=device).index_add_(
-        0, flat, torch.ones_like(flat)
-    )  # [E]; index_add_, not bincount, which needs the max on the host
-    padded_counts = (counts + block_size - 1) // block_size * block_size
-    padded_ends = padded_counts.cumsum(0)  # [E]
-    order = torch.argsort(flat, stable=True)  # [n] pair indices grouped by expert
-    sorted_experts = flat[order]
-    rank = torch.arange(n, device=device) - (counts.cumsum(0) - counts)[sorted_experts]
-    dest = (padded_ends - padded_counts)[sorted_experts] + rank
-    sorted_ids = torch.full((max_padded,), n, dtype=torch.int32, device=device)
-    sorted_ids[dest] = order.to(torch.int32)
-    block_starts = torch.arange(max_blocks, device=device) * block_size
-    expert_ids = torch.searchsorted(padded_ends, block_starts, right=True)  # [max_blocks], E past the end
-    expert_ids = torch.where(expert_ids < num_experts, expert_ids, -1).to(torch.int32)
-    return sorted_ids, expert_ids, padded_ends[-1:].to(torch.int32)
+@functools.lru_cache(maxsize=None)
+def _device_name(device: torch.device) -> Optional[str]:
+    """The CUDA device's name (the config table key; None off CUDA), looked up once per device."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
 
 
 @triton.jit
@@ -229,10 +203,11 @@ def fused_experts(
     m, h = hidden.shape
     e, two_i, _ = w13.shape
     top_k = topk_ids.shape[1]
+    if m == 0:
+        return hidden.new_empty(0, h)
     if config is None:
-        device_name = torch.cuda.get_device_name(hidden.device) if hidden.is_cuda else None
         dtype_name = "fp8_w8a8" if use_fp8 else _DTYPE_NAMES[hidden.dtype]
-        config = get_fused_moe_config(m, e, two_i, h, dtype_name, device_name)
+        config = get_fused_moe_config(m, e, two_i, h, dtype_name, _device_name(hidden.device))
     sorted_ids, expert_ids, num_post = moe_align_block_size(topk_ids, config.BLOCK_SIZE_M, e)
 
     gate_up = torch.empty(m * top_k, two_i, dtype=hidden.dtype, device=hidden.device)  # [M * top_k, 2I]

@@ -6,6 +6,7 @@ import torch
 
 from lmlang.kernels.fp8 import per_token_group_quant_fp8, quant_weight_block_fp8, ref_fp8_block_gemm
 from lmlang.kernels.fused_moe import fused_experts, fused_moe_gemm, moe_align_block_size, ref_fused_experts
+from lmlang.kernels.moe_align import max_aligned_blocks, ref_moe_align_block_size
 from lmlang.kernels.moe_config import FusedMoEConfig, get_fused_moe_config
 
 
@@ -15,13 +16,18 @@ def _routing(m, e, k, g, device):
     return weights.to(device), ids.to(device, torch.int32)
 
 
-@pytest.mark.parametrize("m,k,e,block", [(5, 2, 4, 4), (1, 1, 8, 16), (9, 3, 3, 2)])
-def test_moe_align_block_size_sorts_and_pads_per_expert(m, k, e, block):
-    ids = torch.randint(0, e, (m, k), generator=torch.Generator().manual_seed(m))
-    sorted_ids, expert_ids, num_post = moe_align_block_size(ids, block, e)
+ALIGN_CASES = [(5, 2, 4, 4), (1, 1, 8, 16), (9, 3, 3, 2), (1, 8, 256, 16), (40, 6, 64, 16), (3, 2, 5, 1)]
+
+
+@pytest.mark.parametrize("align", [moe_align_block_size, ref_moe_align_block_size], ids=["kernel", "torch"])
+@pytest.mark.parametrize("m,k,e,block", ALIGN_CASES)
+def test_moe_align_block_size_sorts_and_pads_per_expert(align, m, k, e, block):
+    ids = torch.stack([torch.randperm(e, generator=torch.Generator().manual_seed(m + t))[:k] for t in range(m)]) \
+        if k <= e else torch.randint(0, e, (m, k), generator=torch.Generator().manual_seed(m))
+    sorted_ids, expert_ids, num_post = align(ids, block, e)
     flat = ids.flatten().tolist()
     n, used = len(flat), int(num_post.item())
-    assert sorted_ids.shape[0] == n + e * (block - 1) and used % block == 0
+    assert sorted_ids.shape[0] == max_aligned_blocks(n, block, e) * block and used % block == 0
     assert sorted(p for p in sorted_ids.tolist() if p < n) == list(range(n))  # every pair exactly once
     assert all(p == n for p in sorted_ids[used:].tolist())
     for b in range(used // block):
@@ -30,6 +36,23 @@ def test_moe_align_block_size_sorts_and_pads_per_expert(m, k, e, block):
     assert all(x == -1 for x in expert_ids[used // block :].tolist())
     counts = torch.bincount(ids.flatten(), minlength=e)
     assert used == int(((counts + block - 1) // block * block).sum())
+
+
+@pytest.mark.parametrize("m,k,e,block", ALIGN_CASES + [(7, 3, 3, 4)])
+def test_moe_align_kernel_equals_the_torch_sort(m, k, e, block):
+    """The one-launch kernel and the sort path give identical tensors (int32 and int64 ids)."""
+    ids = torch.randint(0, e, (m, k), generator=torch.Generator().manual_seed(7 * m + e))
+    for dtype in (torch.int32, torch.int64):
+        got = moe_align_block_size(ids.to(dtype), block, e)
+        want = ref_moe_align_block_size(ids.to(dtype), block, e)
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype == torch.int32 and torch.equal(g, w)
+
+
+def test_moe_align_grid_bound_is_tight_at_decode():
+    """One DeepSeek-V3 token (8 distinct experts of 256) needs 8 blocks, not 256."""
+    assert max_aligned_blocks(8, 16, 256) == 8
+    assert max_aligned_blocks(32768, 64, 256) == (32768 + 256 * 63) // 64
 
 
 def test_fp8_grouped_gemm_matches_block_gemm_per_pair():
