@@ -4,7 +4,8 @@
 
 Shapes are Llama-3.1-8B's (hidden 4096, 32/8 heads of 128, MLP 14336, vocab 128256) and
 DeepSeek-V3's (hidden 7168, 128 heads, MLA latent 512 + rope 64, 256 experts top-8 of width
-2048, FP8 128x128 blocks), and speculative-decoding trees of 8-64 draft tokens over 2-4k
+2048, FP8 128x128 blocks), DeepSeek-V2-Lite's experts (64, top-6, hidden 2048, width 1408), and
+speculative-decoding trees of 8-64 draft tokens over 2-4k
 prefixes. Each row gives the kernel's and the reference's median time, and the kernel's rate
 against a physical limit measured in the same run: copy bandwidth (a large device-to-device
 copy) for memory-bound kernels, the bf16 / fp8 dense matmul rate (torch at 8192^3) for GEMMs
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import pathlib
 import subprocess
@@ -178,6 +180,11 @@ def _rowwise_scaled_mm_case(name: str, m: int, n: int, k: int, a_bf16: torch.Ten
                 bytes_moved=n * k + m * k + 2 * m * n, flops=2 * m * n * k, limit="fp8_mm")
 
 
+# Routed experts of DeepSeek-V2-Lite and DeepSeek-V3: (name, experts, top_k, hidden, moe intermediate)
+MOE_MODELS = (("dsv2-lite", 64, 6, 2048, 1408), ("dsv3", 256, 8, 7168, 2048))
+MOE_TOKENS = (1, 32, 512, 4096)
+
+
 def _fp8_experts(e: int, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Random block-quantized expert weights, built one expert at a time (a float32 copy of all
     256 DeepSeek experts would not fit)."""
@@ -190,27 +197,77 @@ def _routing(m: int, e: int, k: int):
     return weights, ids.to(torch.int32)
 
 
+def _graphed(fn: Callable[[], object]) -> Callable[[], object]:
+    """`fn` captured in a CUDA graph on its first call and replayed on every call (the engine
+    runs decode this way): the time is the GPU's, without the host's launch overhead."""
+    graph: list[torch.cuda.CUDAGraph] = []
+
+    def replay() -> None:
+        if not graph:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                fn()  # compiles and warms up outside the capture
+            torch.cuda.current_stream().wait_stream(stream)
+            graph.append(torch.cuda.CUDAGraph())
+            with torch.cuda.graph(graph[0]):
+                fn()
+        graph[0].replay()
+
+    return replay
+
+
+def _per_expert_loop(x, w13, w2, topk_w, topk_ids, w13_scale=None, w2_scale=None) -> torch.Tensor:
+    """The baseline the fused kernel replaces: one host sync to split the pairs by expert, then per
+    expert hit its two GEMMs (bf16 `F.linear`, or our fp8 block GEMM with its activation quant)."""
+    top_k = topk_ids.shape[1]
+    order = torch.argsort(topk_ids.flatten(), stable=True)  # [M * top_k] pairs grouped by expert
+    counts = torch.bincount(topk_ids.flatten().long(), minlength=w13.shape[0]).tolist()  # the sync
+    out = torch.zeros_like(x)
+
+    def linear(a, w, s):
+        if s is None:
+            return torch.nn.functional.linear(a, w)
+        return fp8.fp8_block_gemm(*fp8.per_token_group_quant_fp8(a), w, s)
+
+    for e, pairs in enumerate(order.split(counts)):
+        if not counts[e]:
+            continue
+        tokens = pairs // top_k
+        gate, up = linear(x[tokens], w13[e], None if w13_scale is None else w13_scale[e]).chunk(2, -1)
+        y = linear(torch.nn.functional.silu(gate) * up, w2[e], None if w2_scale is None else w2_scale[e])
+        out.index_add_(0, tokens, y * topk_w.flatten()[pairs, None].to(y.dtype))
+    return out
+
+
 def moe_cases() -> list[Case]:
+    """Fused MoE at V2-Lite / V3 shapes, bf16 and fp8, M in MOE_TOKENS. "kernel us": fused_experts
+    replayed from a CUDA graph; "ref us": the per-expert loop; "peer us": fused_experts launched
+    eagerly (the difference to the graph is host time). Bytes = weights of the experts hit."""
     out = []
-    specs = (("mixtral-8x7b", 8, 2, 4096, 14336, False), ("dsv3", 256, 8, 7168, 2048, True))
-    for model, e, k, h, inter, use_fp8 in specs:
-        if use_fp8:
-            (w13, s13), (w2, s2) = _fp8_experts(e, 2 * inter, h), _fp8_experts(e, h, inter)
-            kw, elem = dict(use_fp8=True, w13_scale=s13, w2_scale=s2), 1
-        else:
-            w13, w2 = _rand(e, 2 * inter, h, scale=h**-0.5), _rand(e, h, inter, scale=inter**-0.5)
-            kw, elem = {}, 2
-        for m in (1, 64, 512, 4096):
-            x = _rand(m, h)
-            tw, ti = _routing(m, e, k)
-            hit = int(torch.unique(ti).numel())
-            out.append(Case(
-                "fused_moe", f"{model} {'fp8' if use_fp8 else 'bf16'} M={m} experts hit={hit}",
-                lambda a=(x, w13, w2, tw, ti), kw=kw: fused_moe.fused_experts(*a, **kw),
-                lambda a=(x, w13, w2, tw, ti), kw=kw: fused_moe.ref_fused_experts(*a, **kw),
-                bytes_moved=hit * 3 * inter * h * elem + 2 * m * h * 2,
-                flops=2 * m * k * 3 * inter * h, limit="fp8_mm" if use_fp8 else "bf16_mm",
-            ))
+    for model, e, k, h, inter in MOE_MODELS:
+        for use_fp8 in (False, True):
+            if use_fp8:
+                (w13, s13), (w2, s2) = _fp8_experts(e, 2 * inter, h), _fp8_experts(e, h, inter)
+                kw, loop_kw = dict(use_fp8=True, w13_scale=s13, w2_scale=s2), dict(w13_scale=s13, w2_scale=s2)
+                scale_bytes = 4 * (s13[0].numel() + s2[0].numel())
+            else:
+                w13, w2 = _rand(e, 2 * inter, h, scale=h**-0.5), _rand(e, h, inter, scale=inter**-0.5)
+                kw, loop_kw, scale_bytes = {}, {}, 0
+            expert_bytes = 3 * inter * h * (1 if use_fp8 else 2) + scale_bytes
+            for m in MOE_TOKENS:
+                x = _rand(m, h)
+                tw, ti = _routing(m, e, k)
+                hit = int(torch.unique(ti).numel())
+                args = (x, w13, w2, tw, ti)
+                fused = functools.partial(fused_moe.fused_experts, *args, **kw)
+                out.append(Case(
+                    "fused_moe", f"{model} {'fp8' if use_fp8 else 'bf16'} M={m} experts hit={hit}/{e}",
+                    _graphed(fused), lambda a=args, kw=loop_kw: _per_expert_loop(*a, **kw),
+                    bytes_moved=hit * expert_bytes + 2 * m * h * 2,
+                    flops=2 * m * k * 3 * inter * h, limit="fp8_mm" if use_fp8 else "bf16_mm",
+                    peer=fused, peer_name="fused_experts eager",
+                ))
     return out
 
 
