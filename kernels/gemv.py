@@ -1,0 +1,275 @@
+"""Skinny matrix products for decode: `y = x @ w.T (+ bias)` with few rows in x (M <= 8).
+
+At decode batch sizes a linear layer is a stream over its weight: 2 bytes per weight element
+against 2 * M FLOPs, so the only thing that matters is reading `w` ([N, K], K contiguous) at the
+memory's full rate. Each program owns a strip of BLOCK_N weight rows and walks its share of K in
+BLOCK_K steps with 16-byte loads (K contiguous, row stride a multiple of 8 elements); with
+`split_k > 1` the K range is cut into that many slices, each program writes a float32 partial,
+and a second kernel (`gemv_reduce_kernel`) sums the slices in a fixed order (no atomics: the
+result does not depend on scheduling, and the grid depends on the shape only, so launches can be
+captured in CUDA graphs).
+
+Two ways to multiply, picked by `GemvConfig.use_dot`:
+- FMA (`use_dot=False`): one program per (row block, x row); it accumulates `w * x` in a
+  [BLOCK_N, BLOCK_K] float32 tile and reduces it once at the end. For M > 1 the programs of one
+  weight strip are adjacent in launch order, so they share the strip through L2 (HBM reads it
+  about once); meant for M = 1 or 2.
+- Tensor cores (`use_dot=True`): x is padded to 16 rows and the strip is multiplied as
+  `w_tile [BLOCK_N, BLOCK_K] @ x_tile.T [BLOCK_K, 16]`; one program covers all M rows, and
+  triton pipelines the weight loads `num_stages` deep.
+
+Which config (or cuBLAS) is fastest per (N, K, M) is measured by `benchmarks/gemv_bench.py` and
+stored as a table (`gemv_config`); `runtime/layers/linear.py` consults it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from lmlang.kernels.launch import dot_needs_fp32, launch
+
+MAX_M = 8  # the largest row count this kernel serves
+DOT_ROWS = 16  # tensor-core tiles are at least 16 wide: x is padded to this many rows
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
+CONFIG_ENV = "LMLANG_GEMV_CONFIG"  # path of a tuned table that overrides the shipped one
+_DTYPES = (torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    """Launch parameters of `gemv_kernel`; `split_k` slices of K, each a multiple of BLOCK_K."""
+
+    block_n: int
+    block_k: int
+    split_k: int = 1
+    use_dot: bool = False
+    num_warps: int = 4
+    num_stages: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("block_n", "block_k", "num_warps"):
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"GemvConfig.{name} must be a power of two, got {value}")
+        if self.split_k < 1 or self.num_stages < 1:
+            raise ValueError(f"GemvConfig: split_k and num_stages must be >= 1, got {self.split_k}, {self.num_stages}")
+        if self.use_dot and (self.block_n < 16 or self.block_k < 16):
+            raise ValueError(f"GemvConfig: tensor-core tiles need block_n and block_k >= 16, got {self}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@triton.jit
+def gemv_kernel(
+    x_ptr,  # [M, K], rows stride_xm apart, K contiguous
+    w_ptr,  # [N, K], rows stride_wn apart, K contiguous
+    bias_ptr,  # [N] (read only when HAS_BIAS)
+    out_ptr,  # [M, N] when SPLIT_K == 1; float32 partials [SPLIT_K, M, N] otherwise
+    M, N, K, k_per_split,
+    stride_xm, stride_wn, stride_om, stride_os,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    USE_DOT: tl.constexpr, DOT_ROWS: tl.constexpr, DOT_FP32: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    if USE_DOT:
+        block = pid
+    else:
+        block = pid // M  # the programs of one weight strip are adjacent: they share it in L2
+        row = pid % M
+    offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    # clamped, not masked: the loads stay unmasked and 16 bytes wide; extra rows are not stored
+    w_rows = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
+    offs_k = tl.arange(0, BLOCK_K)
+    k_lo = split * k_per_split
+    k_hi = tl.minimum(k_lo + k_per_split, K)
+    if USE_DOT:
+        offs_m = tl.arange(0, DOT_ROWS)
+        x_rows = x_ptr + tl.minimum(offs_m, M - 1)[None, :] * stride_xm  # [1, DOT_ROWS]
+        acc = tl.zeros([BLOCK_N, DOT_ROWS], dtype=tl.float32)
+        for k in range(k_lo, k_hi, BLOCK_K):
+            if EVEN_K:
+                w = tl.load(w_rows + (k + offs_k)[None, :])  # [BLOCK_N, BLOCK_K]
+                xt = tl.load(x_rows + (k + offs_k)[:, None])  # [BLOCK_K, DOT_ROWS]
+            else:
+                k_mask = (k + offs_k) < k_hi
+                w = tl.load(w_rows + (k + offs_k)[None, :], mask=k_mask[None, :], other=0.0)
+                xt = tl.load(x_rows + (k + offs_k)[:, None], mask=k_mask[:, None], other=0.0)
+            if DOT_FP32:
+                acc += tl.dot(w.to(tl.float32), xt.to(tl.float32))
+            else:
+                acc += tl.dot(w, xt)
+        # acc[j, i] is y[row i, column offs_n[j]]
+        _store(out_ptr + split * stride_os, bias_ptr, acc, offs_m[None, :], offs_n[:, None],
+               (offs_m[None, :] < M) & n_mask[:, None], stride_om, SPLIT_K, HAS_BIAS)
+    else:
+        x_row = x_ptr + row * stride_xm
+        acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        for k in range(k_lo, k_hi, BLOCK_K):
+            if EVEN_K:
+                w = tl.load(w_rows + (k + offs_k)[None, :])
+                x = tl.load(x_row + k + offs_k)
+            else:
+                k_mask = (k + offs_k) < k_hi
+                w = tl.load(w_rows + (k + offs_k)[None, :], mask=k_mask[None, :], other=0.0)
+                x = tl.load(x_row + k + offs_k, mask=k_mask, other=0.0)
+            acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+        y = tl.sum(acc, axis=1)  # [BLOCK_N]
+        _store(out_ptr + split * stride_os, bias_ptr, y, row, offs_n, n_mask, stride_om, SPLIT_K, HAS_BIAS)
+
+
+@triton.jit
+def _store(out_ptr, bias_ptr, y, rows, cols, mask, stride_om, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Writes y (float32) at out[rows, cols]: the final values (plus bias) or a split's partials."""
+    out = out_ptr + rows * stride_om + cols
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            y += tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(out, y.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(out, y, mask=mask)
+
+
+@triton.jit
+def gemv_reduce_kernel(
+    part_ptr,  # [SPLIT_K, M * N] float32
+    bias_ptr,  # [N]
+    out_ptr,  # [M, N] contiguous
+    N, MN,
+    SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < MN
+    y = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in range(SPLIT_K):  # fixed order: the sum is deterministic
+        y += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"gemv: x must be [M, K] and weight [N, K], got {tuple(x.shape)} and {tuple(weight.shape)}")
+    if not 1 <= x.shape[0] <= MAX_M:
+        raise ValueError(f"gemv: serves 1..{MAX_M} rows of x, got {x.shape[0]}")
+    if x.dtype not in _DTYPES or weight.dtype != x.dtype:
+        raise ValueError(f"gemv: x and weight must share one dtype of {_DTYPES}, got {x.dtype} and {weight.dtype}")
+    if x.stride(1) != 1 or weight.stride(1) != 1:
+        raise ValueError("gemv: x and weight must be contiguous along K")
+    if weight.stride(0) % 8:
+        raise ValueError(f"gemv: weight rows must be 16-byte aligned (row stride {weight.stride(0)} elements)")
+    if bias is not None and (bias.shape != (weight.shape[0],) or bias.dtype != x.dtype or not bias.is_contiguous()):
+        raise ValueError(f"gemv: bias must be a contiguous [{weight.shape[0]}] {x.dtype} tensor")
+    devices = {x.device, weight.device} | ({bias.device} if bias is not None else set())
+    if len(devices) != 1:
+        raise ValueError(f"gemv: x, weight and bias must be on one device, got {devices}")
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], config: GemvConfig) -> torch.Tensor:
+    """`x @ weight.T + bias` for x [M, K] with 1 <= M <= 8 and weight [N, K] (bf16 or fp16) -> [M, N].
+
+    K is cut into `config.split_k` slices of whole BLOCK_K steps (fewer when K is short); the
+    output dtype is x's. Launches depend on the shapes and the config only (graph-capturable).
+    """
+    _check(x, weight, bias)
+    m, k = x.shape
+    n = weight.shape[0]
+    steps = triton.cdiv(k, config.block_k)
+    split_k = min(config.split_k, steps)
+    k_per_split = triton.cdiv(steps, split_k) * config.block_k
+    split_k = triton.cdiv(k, k_per_split)  # no empty slices
+    even_k = k % k_per_split == 0 and k_per_split % config.block_k == 0
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    target = out if split_k == 1 else torch.empty(split_k, m, n, dtype=torch.float32, device=x.device)
+    blocks = triton.cdiv(n, config.block_n)
+    grid = (blocks if config.use_dot else blocks * m, split_k)
+    bias_arg = bias if bias is not None else weight  # never read without HAS_BIAS
+    launch(
+        gemv_kernel, grid, x, weight, bias_arg, target,
+        m, n, k, k_per_split, x.stride(0), weight.stride(0), n, m * n,
+        BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=split_k,
+        USE_DOT=config.use_dot, DOT_ROWS=DOT_ROWS, DOT_FP32=dot_needs_fp32(x),
+        HAS_BIAS=bias is not None, EVEN_K=even_k,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    if split_k > 1:
+        block = 1024
+        launch(gemv_reduce_kernel, (triton.cdiv(m * n, block),), target, bias_arg, out, n, m * n,
+               SPLIT_K=split_k, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4)
+    return out
+
+
+def ref_gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Torch reference for `gemv`: float32 products, rounded to x's dtype."""
+    y = x.float() @ weight.float().T
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+# ---- tuned tables ------------------------------------------------------------------------------
+
+
+def config_file(device_name: str) -> pathlib.Path:
+    """The shipped table for `device_name` (as torch names the device)."""
+    return CONFIG_DIR / f"gemv_{device_name.replace(' ', '_').replace('/', '_')}.json"
+
+
+def parse_table(raw: dict) -> dict[tuple[int, int, str], dict[int, Optional[GemvConfig]]]:
+    """Table JSON -> {(N, K, dtype): {M: config, or None where cuBLAS is faster}}.
+
+    JSON layout: `{"device": ..., "shapes": {"N=6144,K=4096,dtype=bf16": {"1": {config} | null, ...}}}`.
+    """
+    table = {}
+    for key, per_m in raw["shapes"].items():
+        fields = dict(part.split("=") for part in key.split(","))
+        entry = {int(m): (GemvConfig(**cfg) if cfg else None) for m, cfg in per_m.items()}
+        table[(int(fields["N"]), int(fields["K"]), fields["dtype"])] = entry
+    return table
+
+
+def table_key(n: int, k: int, dtype: torch.dtype) -> str:
+    """The JSON key of a weight shape: `N={n},K={k},dtype={bf16|fp16}`."""
+    return f"N={n},K={k},dtype={_dtype_name(dtype)}"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def _load(path: str) -> dict:
+    p = pathlib.Path(path)
+    return parse_table(json.loads(p.read_text())) if p.exists() else {}
+
+
+@functools.lru_cache(maxsize=4096)
+def gemv_config(m: int, n: int, k: int, dtype: torch.dtype, device_name: str) -> Optional[GemvConfig]:
+    """The tuned config for an [m, k] x [n, k]^T product on `device_name`, or None for cuBLAS.
+
+    Reads `$LMLANG_GEMV_CONFIG` when set, else the shipped `configs/gemv_<device>.json`. An
+    untuned (N, K) or an m above the table's largest tuned row count gives None; otherwise the
+    entry of the smallest tuned row count >= m. Cached: the answer for a shape never changes
+    within a process, so a CUDA graph captures the same choice it was warmed up with.
+    """
+    if not 1 <= m <= MAX_M:
+        return None
+    table = _load(os.environ.get(CONFIG_ENV) or str(config_file(device_name)))
+    per_m = table.get((n, k, _dtype_name(dtype)))
+    if not per_m:
+        return None
+    fits = [tuned for tuned in per_m if tuned >= m]
+    return per_m[min(fits)] if fits else None
