@@ -5,14 +5,26 @@ With W_UK absorbed into the query, every head attends over the same cached laten
     score[h, j] = (q_nope_absorbed[h] . c_kv[j] + q_pe[h] . k_pe[j]) * sm_scale
     out[h]      = sum_j softmax(score[h])[j] * c_kv[j]                     # [kv_lora_rank]
 (the caller applies W_UV to `out`). Since all heads share one KV row, a program takes a block of
-heads, so each latent row is loaded once per head block, not once per head.
+`block_h` heads, so each latent tile is loaded once per head block, not once per head.
 
 Split-K ("flash decoding"): stage 1 splits each request's context into `num_kv_splits` ranges
 and writes per-split partial outputs and log-sum-exps; stage 2 merges them. Context slots come
 as CSR: request b's slots are `kv_indices[kv_indptr[b]:kv_indptr[b + 1]]`.
+
+Cost model: per context token a head block reads R + P cache values and does 2 (R + P) + 2 R
+FLOP per head. With few heads (DeepSeek-V2-Lite: 16) that is ~30 FLOP per byte and the kernel is
+bandwidth-bound: it needs many programs in flight, so at small batch the context is split into
+more ranges (`default_num_splits`, which depends on the batch and head count only, never on
+context lengths, so a launch stays CUDA-graph safe). With 128 heads (V3) it is ~240 FLOP per
+byte, i.e. bound by the tensor cores. The grid's fastest axis is the head block, so the programs
+that read one (request, split) tile run side by side and share it through L2.
 """
 
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import triton
@@ -22,8 +34,48 @@ from lmlang.kernels.launch import dot_needs_fp32, launch, next_power_of_2
 from lmlang.kernels.paged_checks import check_one_device
 from lmlang.kernels.split_k import merge_splits, online_softmax_step, split_partials, split_range, store_split_partial
 
-_BLOCK_H = 16
-_BLOCK_N = 32
+MAX_SPLITS = 32  # more splits than this cost more in float32 partials than they gain in parallelism
+PROGRAMS_PER_SM = 2  # stage-1 programs wanted per multiprocessor when splitting contexts
+
+
+@dataclass(frozen=True)
+class MLADecodeConfig:
+    """Stage-1 tiling: `block_h` heads x `block_n` context rows per step (tl.dot needs >= 16 each)."""
+
+    block_h: int = 16
+    block_n: int = 32
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("block_h", "block_n"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"MLADecodeConfig.{name} must be a power of two >= 16, got {value}")
+
+
+def default_config(num_heads: int) -> MLADecodeConfig:
+    """The tiling for `num_heads` heads: few heads (bandwidth-bound) take longer context tiles,
+    so each program keeps more bytes in flight."""
+    if num_heads <= 16:
+        return MLADecodeConfig(block_h=16, block_n=64, num_warps=4, num_stages=2)
+    return MLADecodeConfig(block_h=16, block_n=32, num_warps=4, num_stages=2)
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1  # the interpreter runs programs one by one: split only when asked
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def default_num_splits(batch: int, num_heads: int, config: MLADecodeConfig, device: torch.device) -> int:
+    """Context splits per request: enough stage-1 programs to fill the device
+    (`PROGRAMS_PER_SM` per multiprocessor), at most `MAX_SPLITS`. Depends on the batch and head
+    count only (CUDA-graph safe)."""
+    programs = max(1, batch * triton.cdiv(num_heads, config.block_h))
+    wanted = PROGRAMS_PER_SM * _multiprocessors(device)
+    return max(1, min(MAX_SPLITS, triton.cdiv(wanted, programs)))
 
 
 @triton.jit
@@ -42,9 +94,10 @@ def mla_decode_kernel(
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,  # see launch.dot_needs_fp32
 ):
-    b = tl.program_id(0).to(tl.int64)
-    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    split = tl.program_id(2)
+    # head block fastest: the programs sharing one (request, split) tile are adjacent (L2 reuse)
+    offs_h = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    split = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
     start, lo, hi = split_range(kv_indptr_ptr, b, split, NUM_SPLITS)
     h_mask = offs_h < num_heads
     offs_r = tl.arange(0, BLOCK_R)
@@ -103,13 +156,15 @@ def mla_decode(
     kv_indptr: torch.Tensor,
     kv_indices: torch.Tensor,
     sm_scale: float,
-    num_kv_splits: int = 8,
+    num_kv_splits: Optional[int] = None,
+    config: Optional[MLADecodeConfig] = None,
 ) -> torch.Tensor:
     """Decode attention of B one-token queries over their latent contexts.
 
     q_nope_absorbed: [B, H, R]; q_pe: [B, H, P] (rotated); kv_cache: [slots, 1, R + P];
-    kv_indptr: [B + 1] int32/int64; kv_indices: [kv_indptr[-1]] slots. Returns [B, H, R] in the
-    query dtype. A request with an empty context gets zeros.
+    kv_indptr: [B + 1] int32/int64; kv_indices: [kv_indptr[-1]] (or more) int32/int64 slots.
+    Returns [B, H, R] in the query dtype; a request with an empty context gets zeros.
+    `num_kv_splits` / `config` default to `default_num_splits` / `default_config`.
     """
     _check(q_nope_absorbed, q_pe, kv_cache, kv_indptr, kv_indices)
     b, h, r = q_nope_absorbed.shape
@@ -117,14 +172,19 @@ def mla_decode(
     out = torch.empty(b, h, r, dtype=q_nope_absorbed.dtype, device=q_nope_absorbed.device)
     if b == 0 or h == 0:
         return out
+    config = config or default_config(h)
+    if num_kv_splits is None:
+        num_kv_splits = default_num_splits(b, h, config, out.device)
+    if num_kv_splits < 1:
+        raise ValueError(f"mla_decode: num_kv_splits must be >= 1, got {num_kv_splits}")
     mid_out, mid_lse = split_partials(b, h, num_kv_splits, r, out.device)
     launch(
-        mla_decode_kernel, (b, triton.cdiv(h, _BLOCK_H), num_kv_splits),
+        mla_decode_kernel, (triton.cdiv(h, config.block_h), num_kv_splits, b),
         q_nope_absorbed, q_pe, kv_cache, kv_indptr, kv_indices, mid_out, mid_lse, sm_scale, h,
         q_nope_absorbed.stride(0), q_nope_absorbed.stride(1), q_pe.stride(0), q_pe.stride(1), kv_cache.stride(0),
-        R=r, P=p, NUM_SPLITS=num_kv_splits, BLOCK_H=_BLOCK_H, BLOCK_N=_BLOCK_N,
+        R=r, P=p, NUM_SPLITS=num_kv_splits, BLOCK_H=config.block_h, BLOCK_N=config.block_n,
         BLOCK_R=next_power_of_2(r), BLOCK_P=max(16, next_power_of_2(p)),
-        DOT_IN_FP32=dot_needs_fp32(kv_cache), num_warps=4, num_stages=2,
+        DOT_IN_FP32=dot_needs_fp32(kv_cache), num_warps=config.num_warps, num_stages=config.num_stages,
     )
     merge_splits(mid_out, mid_lse, out)
     return out

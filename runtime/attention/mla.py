@@ -14,9 +14,10 @@ rope key `kr_j` (rope dim P), shared by all heads. `kv_b_proj` maps `c_j` to per
 
 Both take the ragged batch layout of `ForwardBatch` (`qo_indptr`, `kv_indptr` / `kv_indices`,
 causal offset by each sequence's prefix, and `custom_mask` where given). The new tokens' rows
-must already be in the pool. On CUDA, a pure decode batch runs `lmlang.kernels.mla_decode` over
-the layout the 'mla' backend planned (CUDA-graph safe, see `mla_backend.py`); everything else
-runs the torch code here (eager only: it loops over sequences on the host).
+must already be in the pool. On CUDA, a pure decode batch runs the 'mla' backend's planned
+decode kernel (FlashInfer's MLA kernel, else the Triton `lmlang.kernels.mla_decode`; CUDA-graph
+safe, see `mla_backend.py`), or the Triton kernel over the batch's own layout under any other
+backend; everything else runs the torch code here (eager only: it loops over sequences on the host).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from lmlang.runtime.attention.mla_backend import kv_layout
+from lmlang.runtime.attention.mla_backend import MLAAttentionBackend
 from lmlang.runtime.forward_batch import ForwardBatch
 
 
@@ -85,10 +86,11 @@ def mla_absorbed(
 ) -> torch.Tensor:  # [n, H, R]: attention-weighted latent rows, before W_UV
     """Attention in the latent space (see the module docstring)."""
     if q_latent.is_cuda and batch.mode.is_decode and batch.custom_mask is None:
+        if isinstance(batch.attn_backend, MLAAttentionBackend):
+            return batch.attn_backend.decode(q_latent, q_rope, kv_buffer, scaling, batch)
         from lmlang.kernels.mla_decode import mla_decode
 
-        kv_indptr, kv_indices = kv_layout(batch)  # static buffers when replayed from a CUDA graph
-        return mla_decode(q_latent, q_rope, kv_buffer, kv_indptr, kv_indices, scaling)
+        return mla_decode(q_latent, q_rope, kv_buffer, batch.kv_indptr, batch.kv_indices, scaling)
     rank = q_latent.shape[2]
     out = torch.empty_like(q_latent)
     for qo, n_new, kv_start, seq_len, mask in _sequences(batch):
