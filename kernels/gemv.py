@@ -69,15 +69,17 @@ class GemvConfig:
         return asdict(self)
 
 
-@triton.jit
+# M, N and K are not specialized (one compile serves every shape); the row stride and the split
+# length are, so that triton sees 16-byte aligned weight rows and slice starts.
+@triton.jit(do_not_specialize=["M", "N", "K"])
 def gemv_kernel(
     x_ptr,  # [M, K], rows stride_xm apart, K contiguous
     w_ptr,  # [N, K], rows stride_wn apart, K contiguous
     bias_ptr,  # [N] (read only when HAS_BIAS)
-    out_ptr,  # [M, N] when SPLIT_K == 1; float32 partials [SPLIT_K, M, N] otherwise
+    out_ptr,  # [M, N]; with WRITE_PARTIALS float32 partials [split_k, M, N]
     M, N, K, k_per_split,
     stride_xm, stride_wn, stride_om, stride_os,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WRITE_PARTIALS: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_ROWS: tl.constexpr, DOT_FP32: tl.constexpr,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
 ):
@@ -113,7 +115,7 @@ def gemv_kernel(
                 acc += tl.dot(w, xt)
         # acc[j, i] is y[row i, column offs_n[j]]
         _store(out_ptr + split * stride_os, bias_ptr, acc, offs_m[None, :], offs_n[:, None],
-               (offs_m[None, :] < M) & n_mask[:, None], stride_om, SPLIT_K, HAS_BIAS)
+               (offs_m[None, :] < M) & n_mask[:, None], stride_om, WRITE_PARTIALS, HAS_BIAS)
     else:
         x_row = x_ptr + row * stride_xm
         acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
@@ -127,33 +129,33 @@ def gemv_kernel(
                 x = tl.load(x_row + k + offs_k, mask=k_mask, other=0.0)
             acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
         y = tl.sum(acc, axis=1)  # [BLOCK_N]
-        _store(out_ptr + split * stride_os, bias_ptr, y, row, offs_n, n_mask, stride_om, SPLIT_K, HAS_BIAS)
+        _store(out_ptr + split * stride_os, bias_ptr, y, row, offs_n, n_mask, stride_om, WRITE_PARTIALS, HAS_BIAS)
 
 
 @triton.jit
-def _store(out_ptr, bias_ptr, y, rows, cols, mask, stride_om, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """Writes y (float32) at out[rows, cols]: the final values (plus bias) or a split's partials."""
+def _store(out_ptr, bias_ptr, y, rows, cols, mask, stride_om, WRITE_PARTIALS: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Writes y (float32) at out[rows, cols]: a split's partials, or the final values (plus bias)."""
     out = out_ptr + rows * stride_om + cols
-    if SPLIT_K == 1:
+    if WRITE_PARTIALS:
+        tl.store(out, y, mask=mask)
+    else:
         if HAS_BIAS:
             y += tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
         tl.store(out, y.to(out_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.store(out, y, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "MN", "split_k"])
 def gemv_reduce_kernel(
-    part_ptr,  # [SPLIT_K, M * N] float32
+    part_ptr,  # [split_k, M * N] float32
     bias_ptr,  # [N]
     out_ptr,  # [M, N] contiguous
-    N, MN,
-    SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+    N, MN, split_k,
+    HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < MN
     y = tl.zeros([BLOCK], dtype=tl.float32)
-    for s in range(SPLIT_K):  # fixed order: the sum is deterministic
+    for s in range(split_k):  # fixed order: the sum is deterministic
         y += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
@@ -200,15 +202,15 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], co
     launch(
         gemv_kernel, grid, x, weight, bias_arg, target,
         m, n, k, k_per_split, x.stride(0), weight.stride(0), n, m * n,
-        BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=split_k,
+        BLOCK_N=config.block_n, BLOCK_K=config.block_k, WRITE_PARTIALS=split_k > 1,
         USE_DOT=config.use_dot, DOT_ROWS=DOT_ROWS, DOT_FP32=dot_needs_fp32(x),
         HAS_BIAS=bias is not None, EVEN_K=even_k,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if split_k > 1:
         block = 1024
-        launch(gemv_reduce_kernel, (triton.cdiv(m * n, block),), target, bias_arg, out, n, m * n,
-               SPLIT_K=split_k, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4)
+        launch(gemv_reduce_kernel, (triton.cdiv(m * n, block),), target, bias_arg, out, n, m * n, split_k,
+               HAS_BIAS=bias is not None, BLOCK=block, num_warps=4)
     return out
 
 

@@ -9,17 +9,45 @@ later as a transformation that swaps these modules for quantized ones; the shard
 
 Parameters are created with `torch.empty` (no init cost for large models): the loader or
 `load_format="dummy"` fills them. Construction follows the ambient default device and dtype.
+
+`linear` is the matmul every layer here runs: on CUDA, a product with at most 8 rows (a decode
+step's batch) goes to lmlang's GEMV kernel when the device's tuned table
+(`lmlang.kernels.gemv.gemv_config`) says it beats cuBLAS for that weight shape and row count;
+everything else is `F.linear`. The choice depends on the shapes only, so a CUDA graph captures
+the same kernel its warm-up ran.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Hashable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlang.runtime.layers.dispatch import use_kernels
+
 WeightLoader = Callable[..., None]
+
+
+@functools.lru_cache(maxsize=None)
+def _device_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`x @ weight.T + bias`; x: [..., in], weight: [out, in] -> [..., out] (see the module docstring)."""
+    if (use_kernels(x) and x.dtype == weight.dtype and x.stride(-1) == 1 and weight.stride(1) == 1
+            and weight.stride(0) % 8 == 0 and x.shape[-1] == weight.shape[1] and (bias is None or bias.dtype == x.dtype)):
+        from lmlang.kernels.gemv import gemv, gemv_config  # triton is needed only here
+
+        rows = x.numel() // max(1, x.shape[-1])
+        config = gemv_config(rows, weight.shape[0], weight.shape[1], x.dtype, _device_name(x.device.index or 0))
+        if config is not None:
+            y = gemv(x.reshape(rows, x.shape[-1]), weight, bias, config)  # [rows, out]
+            return y.reshape(*x.shape[:-1], weight.shape[0])
+    return F.linear(x, weight, bias)
 
 
 def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id: Optional[Hashable] = None) -> None:
@@ -53,7 +81,7 @@ class Linear(nn.Module):
         default_weight_loader(param, loaded, shard_id)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

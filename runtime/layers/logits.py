@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from lmlang.runtime.layers.linear import linear
 from lmlang.runtime.layers.vocab import LMHead
 
 
@@ -14,4 +14,4 @@ def compute_logits(hidden: torch.Tensor, lm_head: LMHead) -> torch.Tensor:
     The matmul runs in the model's dtype (as Hugging Face does) and is then widened, so that
     sampling, softmax and logprobs downstream always see float32.
     """
-    return F.linear(hidden, lm_head.weight).float()
+    return linear(hidden, lm_head.weight).float()

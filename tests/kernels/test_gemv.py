@@ -104,3 +104,21 @@ def test_gemv_matches_reference_on_gpu(config, n, k):
         out = gemv(x, w, b, config)
         assert torch.isfinite(out).all()
         assert _rel_err(out, ref_gemv(x, w, b)) < 1e-2
+
+
+@pytest.mark.gpu
+def test_linear_runs_the_tuned_gemv_on_gpu(tmp_path, monkeypatch):
+    from lmlang.runtime.layers.linear import linear
+
+    n, k = 1000, 4096
+    table = {"device": "test", "shapes": {table_key(n, k, torch.bfloat16): {"4": GPU_CONFIGS[1].to_json()}}}
+    path = tmp_path / "gemv.json"
+    path.write_text(json.dumps(table))
+    monkeypatch.setenv(gemv_mod.CONFIG_ENV, str(path))
+    gemv_config.cache_clear()
+    try:
+        x, w, b = _inputs(3, n, k, torch.bfloat16, "cuda", seed=3, bias=True)
+        assert gemv_config(3, n, k, torch.bfloat16, torch.cuda.get_device_name()) == GPU_CONFIGS[1]
+        assert _rel_err(linear(x[None], w, b)[0], ref_gemv(x, w, b)) < 1e-2
+    finally:
+        gemv_config.cache_clear()
