@@ -277,20 +277,111 @@ def _csr(lens: list[int], slots: int):
     return indptr, torch.randperm(slots, device=DEV)[: sum(lens)]
 
 
-def attention_cases() -> list[Case]:
-    out = []
-    slots = 600_000
+# ---- MLA decode ------------------------------------------------------------------------------
+
+MLA_MODELS = ((16, "v2lite"), (128, "dsv3"))  # (heads, model): ~30 and ~240 FLOP per latent byte
+MLA_CONFIGS = {  # Triton tilings compared with the default (rows `mla_decode_config`)
+    16: ((16, 32, 4, 2), (16, 32, 4, 3), (16, 64, 8, 2), (16, 128, 8, 2)),
+    128: ((32, 32, 8, 2), (64, 32, 8, 2), (32, 64, 8, 2), (16, 64, 4, 2)),
+}
+
+
+_FLASHINFER_MLA: dict = {}  # FlashInfer kernel backend -> decoder, or the error that prevented it
+
+
+def _flashinfer_mla(kernel_backend: str):
+    """FlashInfer's MLA decoder as the runtime uses it, built (and JIT-compiled) on first use."""
+    if kernel_backend not in _FLASHINFER_MLA:
+        try:
+            from lmlang.runtime.attention.flashinfer_mla import FlashInferMLADecode
+
+            _FLASHINFER_MLA[kernel_backend] = FlashInferMLADecode(torch.device(DEV), kernel_backend)
+        except Exception as e:  # not installed, or no such kernel backend
+            _FLASHINFER_MLA[kernel_backend] = RuntimeError(f"flashinfer MLA {kernel_backend}: {type(e).__name__}: {e}")
+    decoder = _FLASHINFER_MLA[kernel_backend]
+    if isinstance(decoder, Exception):
+        raise decoder
+    return decoder
+
+
+class _FlashInferMLA:
+    """One FlashInfer MLA decode problem, planned (outside the timing) whenever another one ran last."""
+
+    last = None
+
+    def __init__(self, kernel_backend: str, shape, lens: list[int], indices: torch.Tensor, args: tuple) -> None:
+        self.kernel_backend, self.shape, self.lens, self.indices, self.args = kernel_backend, shape, lens, indices, args
+
+    def __call__(self) -> torch.Tensor:
+        decoder = _flashinfer_mla(self.kernel_backend)
+        if _FlashInferMLA.last is not self:
+            try:
+                decoder.plan(self.lens, self.indices, self.shape)  # the first plan JIT-compiles the module
+            except Exception as e:  # a failed JIT build: the row is skipped
+                raise RuntimeError(f"flashinfer MLA {self.kernel_backend} plan: {type(e).__name__}: {e}") from e
+            torch.cuda.synchronize()
+            _FlashInferMLA.last = self
+        return decoder.run(*self.args)
+
+
+def _skippable(fn: Callable[[], object]) -> Callable[[], object]:
+    """`fn`, with any failure (e.g. triton's OutOfResources for a tiling) raised as RuntimeError,
+    which `main` reports as a skipped row."""
+    def run() -> object:
+        try:
+            return fn()
+        except RuntimeError:
+            raise
+        except Exception as e:
+            raise RuntimeError(f"{type(e).__name__}: {e}") from e
+    return run
+
+
+def mla_cases() -> list[Case]:
+    """Absorbed MLA decode over a bf16 latent cache (rank 512 + rope 64) at ctx 4096, batch 1/32/128,
+    for DeepSeek-V2-Lite's 16 heads (bandwidth-bound) and V3's 128 (tensor-core-bound).
+
+    Rows: `mla_decode` (Triton, default tiling and splits, vs the torch reference),
+    `mla_decode_flashinfer` (FlashInfer's MLA kernel as the runtime runs it; the per-batch plan is
+    outside the timing), `mla_decode_config` (Triton at fixed tilings and FlashInfer's fa2 kernel;
+    there the `ref` column is the default Triton kernel, so speedup > 1 beats it). Bytes are the
+    latent rows read; FLOP 2 H (R + P) + 2 H R per context token; `of limit` is the ratio to the
+    roofline max(bytes / copy bandwidth, FLOP / bf16 matmul rate)."""
+    from lmlang.runtime.attention.flashinfer_mla import MLADecodeShape
+
+    out, ctx, slots, scale = [], 4096, 128 * 4096 + 1000, 192**-0.5
     cache = _rand(slots, 1, 576)
-    for b, ctx in ((1, 4096), (32, 4096), (64, 8192), (128, 2048)):
-        indptr, indices = _csr([ctx] * b, slots)
-        qn, qp = _rand(b, 128, 512), _rand(b, 128, 64)
-        out.append(Case(
-            "mla_decode", f"dsv3 H=128 B={b} ctx={ctx}",
-            lambda a=(qn, qp, cache, indptr, indices): mla_decode.mla_decode(*a, 192**-0.5),
-            lambda a=(qn, qp, cache, indptr, indices): mla_decode.ref_mla_decode(*a, 192**-0.5),
-            bytes_moved=b * ctx * 576 * 2, flops=2 * b * 128 * ctx * (576 + 512), limit="bf16_mm",
-        ))
-    del cache
+    for heads, model in MLA_MODELS:
+        configs = [mla_decode.MLADecodeConfig(*t) for t in MLA_CONFIGS[heads]]
+        for b in (1, 32, 128):
+            indptr, indices = _csr([ctx] * b, slots - 1)
+            indices = indices + 1  # slot 0 is the pool's dummy row
+            qn, qp = _rand(b, heads, 512), _rand(b, heads, 64)
+            args = (qn, qp, cache, indptr, indices)
+            shape = f"{model} H{heads} B{b} ctx4k"
+            cost = dict(bytes_moved=b * ctx * 576 * 2, flops=2 * b * heads * ctx * (576 + 512), limit="bf16_mm")
+
+            def triton_default(a=args):
+                return mla_decode.mla_decode(*a, scale)
+
+            out.append(Case("mla_decode", shape, triton_default,
+                            lambda a=args: mla_decode.ref_mla_decode(*a, scale), **cost))
+            fi_shape = MLADecodeShape(heads, 512, 64, scale, BF16)
+            for name in ("auto", "fa2"):
+                run = _FlashInferMLA(name, fi_shape, [ctx] * b, indices, (qn, qp, cache))
+                kernel = "mla_decode_flashinfer" if name == "auto" else "mla_decode_config"
+                out.append(Case(kernel, f"{shape} flashinfer-{name}", run, triton_default, **cost))
+            for c in configs:
+                out.append(Case(
+                    "mla_decode_config", f"{shape} triton {c.block_h}x{c.block_n} w{c.num_warps} s{c.num_stages}",
+                    _skippable(lambda a=args, c=c: mla_decode.mla_decode(*a, scale, config=c)), triton_default, **cost,
+                ))
+    return out
+
+
+def attention_cases() -> list[Case]:
+    out = mla_cases()
+    slots = 600_000
     k_buf, v_buf = _rand(slots, 8, 128), _rand(slots, 8, 128)
     for b, prefix, tree in ((1, 4096, 64), (16, 4096, 16), (64, 2048, 8)):
         lens = [prefix + tree] * b
@@ -346,9 +437,10 @@ def _rate(case: Case, ms: float, limits: dict) -> tuple[str, Optional[float]]:
     peak = limits.get(f"{case.limit}_TFLOPs")
     frac_mm = tflops / peak if peak else None
     # a GEMM is bound by whichever limit it is closer to (small M: weight bandwidth)
+    text = f"{tflops:,.1f} TF/s {gbps:,.0f} GB/s ({frac_bw:.0%} bw)"
     if frac_mm is None or frac_bw > frac_mm:
-        return f"{tflops:,.1f} TF/s {gbps:,.0f} GB/s", frac_bw
-    return f"{tflops:,.1f} TF/s {gbps:,.0f} GB/s", frac_mm
+        return text, frac_bw
+    return text, frac_mm
 
 
 def _commit() -> str:
