@@ -11,9 +11,13 @@ Per forward, `plan` runs FlashInfer's planner once (on the host lengths; the pag
 the device); each layer then stores its K/V with the `kv_store` kernel and runs the planned
 wrapper. Extend batches (prefill chunks over any cached prefix) use
 `BatchPrefillWithPagedKVCacheWrapper` with a causal mask aligned to each sequence's end; decode
-batches use `BatchDecodeWithPagedKVCacheWrapper` with tensor cores. Both run FlashInfer's "fa2"
-kernels, so one JIT-compiled module per (dtype, head_dim) serves prefill and decode. Batches
-with a custom mask (draft-tree verification) run the Triton `tree_attention` kernel.
+batches use `BatchDecodeWithPagedKVCacheWrapper`, with tensor cores (FlashInfer's "fa2" prefill
+kernels, the JIT module prefill already built) above `CUDA_CORE_DECODE_MAX_BATCH` sequences and
+FlashInfer's CUDA-core decode kernel at or below it: at a handful of sequences a decode step's
+attention is latency, not arithmetic, and the lighter kernel wins there (`decode_uses_tensor_cores`;
+`LMLANG_FLASHINFER_DECODE=tensor_cores|cuda_cores` forces one kind for every batch size, for
+measuring). Batches with a custom mask (draft-tree verification) run the Triton `tree_attention`
+kernel.
 
 CUDA graphs: one decode wrapper per captured batch size, all planning into shared static
 buffers (indptr, page indices, last-page lengths); see `base.AttentionBackend`.
@@ -27,6 +31,7 @@ until the GPU reaches the previous step, never for it to finish).
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import numpy as np
@@ -37,6 +42,19 @@ from lmlang.runtime.forward_batch import ForwardBatch
 
 WORKSPACE_BYTES = 256 << 20  # FlashInfer's float workspace (split-KV partial results)
 KERNEL_BACKEND = "fa2"  # shared by prefill and tensor-core decode: one JIT module
+CUDA_CORE_DECODE_MAX_BATCH = 8  # decode batches of at most this many sequences skip the tensor cores
+DECODE_ENV = "LMLANG_FLASHINFER_DECODE"
+
+
+def decode_uses_tensor_cores(batch_size: int) -> bool:
+    """Whether a decode batch of `batch_size` sequences runs FlashInfer's tensor-core decode
+    (see the module docstring); `$LMLANG_FLASHINFER_DECODE` overrides the size rule."""
+    forced = os.environ.get(DECODE_ENV, "")
+    if forced not in ("", "tensor_cores", "cuda_cores"):
+        raise ValueError(f"{DECODE_ENV} must be 'tensor_cores' or 'cuda_cores', got {forced!r}")
+    if forced:
+        return forced == "tensor_cores"
+    return batch_size > CUDA_CORE_DECODE_MAX_BATCH
 
 
 @register_backend("flashinfer")
@@ -64,7 +82,7 @@ class FlashInferBackend(AttentionBackend):
         self.device = device
         self._workspace = torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
         self._prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(self._workspace, "NHD", backend=KERNEL_BACKEND)
-        self._decode = flashinfer.BatchDecodeWithPagedKVCacheWrapper(self._workspace, "NHD", use_tensor_cores=True)
+        self._decode: dict = {}  # use_tensor_cores -> eager decode wrapper (made at first use)
         self._graph_decode: dict = {}  # batch size -> wrapper planning into the static buffers
         self._static: Optional[tuple] = None  # (indptr [max_bs + 1], indices [capacity], last_page_len [max_bs])
         self._paged: dict = {}  # layer id -> (k_cache, v_cache) paged views of the pool's buffers
@@ -115,9 +133,15 @@ class FlashInferBackend(AttentionBackend):
         indptr, page_ids, last = self._page_table(batch)
         self._before_plan()
         if batch.mode.is_decode:
-            self._decode.plan(indptr, page_ids, last, spec.num_heads, spec.num_kv_heads, spec.head_dim,
-                              self.page_size, **self._common())
-            self._wrapper = self._decode
+            tensor_cores = decode_uses_tensor_cores(batch.batch_size)
+            wrapper = self._decode.get(tensor_cores)
+            if wrapper is None:
+                wrapper = self._fi.BatchDecodeWithPagedKVCacheWrapper(self._workspace, "NHD",
+                                                                      use_tensor_cores=tensor_cores)
+                self._decode[tensor_cores] = wrapper
+            wrapper.plan(indptr, page_ids, last, spec.num_heads, spec.num_kv_heads, spec.head_dim,
+                         self.page_size, **self._common())
+            self._wrapper = wrapper
         else:
             qo_indptr = _host_i32(np.concatenate([[0], np.cumsum(batch.extend_lens_cpu)]))
             self._prefill.plan(qo_indptr, indptr, page_ids, last, spec.num_heads, spec.num_kv_heads, spec.head_dim,
@@ -141,7 +165,7 @@ class FlashInferBackend(AttentionBackend):
         if wrapper is None:
             indptr_buf, indices_buf, last_buf = self._static
             wrapper = self._fi.BatchDecodeWithPagedKVCacheWrapper(
-                self._workspace, "NHD", use_cuda_graph=True, use_tensor_cores=True,
+                self._workspace, "NHD", use_cuda_graph=True, use_tensor_cores=decode_uses_tensor_cores(bs),
                 paged_kv_indptr_buffer=indptr_buf[: bs + 1], paged_kv_indices_buffer=indices_buf,
                 paged_kv_last_page_len_buffer=last_buf[:bs],
             )
