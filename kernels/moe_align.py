@@ -8,9 +8,10 @@ whole alignment is sync-free and can be captured in a CUDA graph:
 - at most `max_blocks = (n + min(n, E) * (block_size - 1)) // block_size` blocks are used (each
   expert hit adds at most block_size - 1 padding entries), which keeps the GEMM grid tight when
   few pairs meet many experts (decode: 8 blocks for one DeepSeek-V3 token, not 241);
-- small batches (`n_pad * E_pad <= SMALL_ALIGN_LIMIT`) run `moe_align_small_kernel`, one program
-  that does the counting, prefix sums and placement in one launch (at decode, the many small
-  torch ops of the sort path cost more host time than the GEMMs take on the GPU);
+- small batches (n <= SMALL_ALIGN_MAX_PAIRS) run `moe_align_small_kernel`, one program that
+  counts, prefix-sums and places the pairs in one launch, in [chunk, experts] one-hot tiles (at
+  decode, the dozen small torch ops of the sort path cost more host time than the GEMMs take on
+  the GPU);
 - larger batches run `ref_moe_align_block_size`, a stable sort in torch, whose launches are hidden
   behind GEMMs that then take milliseconds.
 """
@@ -23,7 +24,9 @@ import triton.language as tl
 
 from lmlang.kernels.launch import launch, next_power_of_2
 
-SMALL_ALIGN_LIMIT = 256 * 256  # elements of the [pairs, experts] one-hot the one-program kernel holds
+SMALL_ALIGN_MAX_PAIRS = 512  # up to here one program beats the sort path's dozen launches
+SMALL_ALIGN_MAX_EXPERTS = 1024
+_TILE_ELEMENTS = 8192  # [rows, experts] tiles the kernel holds at once (64 registers a thread at 4 warps)
 _FILL_BLOCK = 1024
 
 
@@ -40,36 +43,42 @@ def moe_align_small_kernel(
     num_post_ptr,  # [1] int32 out
     num_pairs, num_experts, num_slots, num_blocks,
     BLOCK_SIZE_M: tl.constexpr,
-    PAIRS: tl.constexpr,  # power of two >= num_pairs
     EXPERTS: tl.constexpr,  # power of two >= num_experts
-    BLOCKS: tl.constexpr,  # power of two >= num_blocks
+    CHUNK: tl.constexpr,  # pairs (and blocks) per step: CHUNK x EXPERTS tiles
     FILL_BLOCK: tl.constexpr,
 ):
-    pairs = tl.arange(0, PAIRS)
     experts = tl.arange(0, EXPERTS)
-    ids = tl.load(topk_ids_ptr + pairs, mask=pairs < num_pairs, other=-1).to(tl.int32)  # -1 matches no expert
-    onehot = (ids[:, None] == experts[None, :]).to(tl.int32)  # [PAIRS, EXPERTS]
-    counts = tl.sum(onehot, axis=0)  # [EXPERTS]
-    padded = (counts + BLOCK_SIZE_M - 1) // BLOCK_SIZE_M * BLOCK_SIZE_M
-    ends = tl.cumsum(padded, axis=0)  # [EXPERTS] inclusive prefix sums
+    counts = tl.zeros((EXPERTS,), dtype=tl.int32)
+    for first in range(0, num_pairs, CHUNK):
+        pairs = first + tl.arange(0, CHUNK)
+        ids = tl.load(topk_ids_ptr + pairs, mask=pairs < num_pairs, other=-1).to(tl.int32)  # -1: no expert
+        counts += tl.sum((ids[:, None] == experts[None, :]).to(tl.int32), axis=0)
+    padded = (counts + BLOCK_SIZE_M - 1) // BLOCK_SIZE_M * BLOCK_SIZE_M  # [EXPERTS]
+    ends = tl.cumsum(padded, axis=0)  # inclusive prefix sums
     starts = ends - padded
-    # rank of a pair among the earlier pairs of its expert: the running count of its one-hot column
-    rank = tl.sum((tl.cumsum(onehot, axis=0) - 1) * onehot, axis=1)  # [PAIRS]
-    dest = tl.sum(onehot * starts[None, :], axis=1) + rank  # [PAIRS]
 
     for first in range(0, num_slots, FILL_BLOCK):  # the sentinel everywhere, then the pairs on top
         slots = first + tl.arange(0, FILL_BLOCK)
         tl.store(sorted_ids_ptr + slots, tl.full((FILL_BLOCK,), 0, tl.int32) + num_pairs, mask=slots < num_slots)
     tl.debug_barrier()  # one program: orders the fill before the scatter to the same addresses
-    tl.store(sorted_ids_ptr + dest, pairs, mask=pairs < num_pairs)
+    placed = tl.zeros((EXPERTS,), dtype=tl.int32)  # pairs of each expert placed by earlier chunks
+    for first in range(0, num_pairs, CHUNK):
+        pairs = first + tl.arange(0, CHUNK)
+        ids = tl.load(topk_ids_ptr + pairs, mask=pairs < num_pairs, other=-1).to(tl.int32)
+        onehot = (ids[:, None] == experts[None, :]).to(tl.int32)  # [CHUNK, EXPERTS]
+        # stable rank among the expert's pairs: earlier chunks, then the running count in this one
+        before = tl.cumsum(onehot, axis=0) - 1 + placed[None, :]
+        dest = tl.sum(onehot * (starts[None, :] + before), axis=1)  # [CHUNK]
+        tl.store(sorted_ids_ptr + dest, pairs, mask=pairs < num_pairs)
+        placed += tl.sum(onehot, axis=0)
 
     total = tl.sum(padded, axis=0)
-    blocks = tl.arange(0, BLOCKS)
-    block_start = blocks * BLOCK_SIZE_M
     real = experts[None, :] < num_experts
-    expert = tl.sum(((ends[None, :] <= block_start[:, None]) & real).to(tl.int32), axis=1)  # [BLOCKS]
-    expert = tl.where(block_start < total, expert, -1)
-    tl.store(expert_ids_ptr + blocks, expert, mask=blocks < num_blocks)
+    for first in range(0, num_blocks, CHUNK):
+        blocks = first + tl.arange(0, CHUNK)
+        block_start = blocks * BLOCK_SIZE_M
+        expert = tl.sum(((ends[None, :] <= block_start[:, None]) & real).to(tl.int32), axis=1)  # [CHUNK]
+        tl.store(expert_ids_ptr + blocks, tl.where(block_start < total, expert, -1), mask=blocks < num_blocks)
     tl.store(num_post_ptr + tl.arange(0, 1), tl.full((1,), 0, tl.int32) + total)
 
 
@@ -91,9 +100,9 @@ def moe_align_block_size(
     if block_size < 1 or num_experts < 1:
         raise ValueError(f"moe_align_block_size: block_size {block_size} and num_experts {num_experts} must be >= 1")
     n = topk_ids.numel()
-    pairs_pad, experts_pad = next_power_of_2(n), next_power_of_2(num_experts)
-    if n == 0 or pairs_pad * experts_pad > SMALL_ALIGN_LIMIT:
+    if not 0 < n <= SMALL_ALIGN_MAX_PAIRS or num_experts > SMALL_ALIGN_MAX_EXPERTS:
         return ref_moe_align_block_size(topk_ids, block_size, num_experts)
+    experts_pad = next_power_of_2(num_experts)
     num_blocks = max_aligned_blocks(n, block_size, num_experts)
     device = topk_ids.device
     sorted_ids = torch.empty(num_blocks * block_size, dtype=torch.int32, device=device)
@@ -102,8 +111,8 @@ def moe_align_block_size(
     launch(
         moe_align_small_kernel, (1,), topk_ids, sorted_ids, expert_ids, num_post,
         n, num_experts, sorted_ids.shape[0], num_blocks,
-        BLOCK_SIZE_M=block_size, PAIRS=pairs_pad, EXPERTS=experts_pad, BLOCKS=next_power_of_2(num_blocks),
-        FILL_BLOCK=_FILL_BLOCK, num_warps=8 if pairs_pad * experts_pad > 8192 else 4,
+        BLOCK_SIZE_M=block_size, EXPERTS=experts_pad, CHUNK=max(1, _TILE_ELEMENTS // experts_pad),
+        FILL_BLOCK=_FILL_BLOCK, num_warps=4,
     )
     return sorted_ids, expert_ids, num_post
 
