@@ -28,7 +28,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
 from lmlang.kernels.fp8_gemm import Fp8GemmConfig, fp8_block_gemm, ref_fp8_block_gemm  # noqa: F401 (re-exported)
 from lmlang.kernels.launch import launch
 

@@ -32,10 +32,9 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
-
 from lmlang.kernels.launch import launch
 from lmlang.kernels.tiling import grouped_tile
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs" / "fp8_gemm"
 _FP8 = torch.float8_e4m3fn
@@ -100,7 +99,8 @@ def get_fp8_gemm_config(m: int, n: int, k: int, device_name: Optional[str] = Non
     return buckets[min(buckets, key=lambda b: (abs(math.log2(b) - log_m), b))]
 
 
-@triton.jit(do_not_specialize_on_alignment=["M", "split_k"])  # one compile for M > 1, any split
+# one compile for every M > 1, split count and scale layout (these only index, never vectorize)
+@triton.jit(do_not_specialize_on_alignment=["M", "split_k", "stride_asm", "stride_wsn"])
 def fp8_block_gemm_kernel(
     a_ptr, a_desc,  # [M, K] fp8 (a_desc: TMA descriptor with block [BLOCK_M, BLOCK_K], or None)
     w_ptr, w_desc,  # [N, K] fp8 (w_desc: block [BLOCK_N, BLOCK_K], or None)

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-
 from lmlang.kernels import fp8_gemm
 from lmlang.kernels.fp8 import (
     Fp8GemmConfig,
