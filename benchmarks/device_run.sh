@@ -20,6 +20,17 @@
 #   serving_random   serving.py random: 256 requests of 512..1024 tokens, 256 out, radix
 #   kernels_decode   benchmarks/kernels.py --only decode_attention
 #   bundle           (last) pack every log and JSON under $OUT into bundle.tgz
+#   gemv             benchmarks/gemv_bench.py: cuBLAS vs our GEMV at Llama-8B shapes; writes the tuned table
+#   one_batch_gemv   one_batch_quick with that table (LMLANG_GEMV_CONFIG)
+#   mla_tests        the MLA GPU tests (FlashInfer MLA and Triton vs the torch reference)
+#   mla              benchmarks/kernels.py MLA decode: 16 / 128 heads, batch 1/32/128, ctx 4k
+#   moe_tests        the fused-MoE GPU tests
+#   tune_moe_v2lite  tune_fused_moe.py for DeepSeek-V2-Lite shapes (tables to $OUT/fused_moe)
+#   tune_moe_v3      the same for DeepSeek-V3 shapes
+#   moe_tables_in    copy the tuned tables into kernels/configs/fused_moe (this machine's tree)
+#   moe              benchmarks/kernels.py fused MoE: V2-Lite and V3, bf16/fp8, M = 1/32/512/4096
+#   tune_fp8         tune_fp8_gemm.py: FP8 block GEMM configs on V3 shapes at M = 1, 64, 4096 vs bf16 and _scaled_mm
+#   fp8_tests        the FP8 GPU tests
 #   cache_out        tar the FlashInfer JIT cache into $OUT (carry it back as .cache/fi_cache.tgz)
 set -u
 OUT=${OUT:-/tmp/lmlang-out}
@@ -72,8 +83,25 @@ for s in "$@"; do
       --dataset random --num-requests 256 --input-len 1024 --output-len 256 --prefix-caches radix ;;
     kernels_decode) step kernels_decode 90 python3 benchmarks/kernels.py --only decode_attention \
       --out "$OUT/kernels_decode.json" ;;
+    gemv) step gemv 300 python3 benchmarks/gemv_bench.py --out "$OUT/gemv.json" ;;
+    one_batch_gemv) step one_batch_gemv 150 env LMLANG_GEMV_CONFIG="$OUT/gemv.json" python3 benchmarks/one_batch.py \
+      --config $LLAMA --out "$OUT/one_batch_gemv.json" --batch 1,64 --ctx 1024 --prefill 8192 --compare-modes "" \
+      --profile 1:1024,64:1024 ;;
+    mla_tests) step mla_tests 240 "${PYTEST[@]}" tests/runtime/test_mla_backend.py tests/kernels/test_mla_decode.py \
+      tests/runtime/test_deepseek.py ;;
+    mla) step mla 240 python3 benchmarks/kernels.py --only mla_decode,mla_decode_flashinfer,mla_decode_config \
+      --out "$OUT/mla_decode.json" ;;
+    moe_tests) step moe_tests 240 "${PYTEST[@]}" tests/kernels/test_fused_moe.py tests/runtime/test_moe.py ;;
+    tune_moe_v2lite) step tune_moe_v2lite 320 python3 benchmarks/tune_fused_moe.py --models dsv2-lite --budget-s ${TUNE_BUDGET_S:-280} \
+      --out-dir "$OUT/fused_moe" --out "$OUT/tune_v2lite.json" ;;
+    tune_moe_v3) step tune_moe_v3 320 python3 benchmarks/tune_fused_moe.py --models dsv3 --budget-s ${TUNE_BUDGET_S:-280} \
+      --out-dir "$OUT/fused_moe" --out "$OUT/tune_v3.json" ;;
+    moe_tables_in) mkdir -p kernels/configs/fused_moe && cp "$OUT"/fused_moe/E=*.json kernels/configs/fused_moe/ ;;
+    moe) step moe 240 python3 benchmarks/kernels.py --only fused_moe --rep-ms 30 --out "$OUT/kernels_moe.json" ;;
+    tune_fp8) step tune_fp8 330 python3 benchmarks/tune_fp8_gemm.py --budget-s ${TUNE_BUDGET_S:-270} --out "$OUT/fp8_gemm.json" ;;
+    fp8_tests) step fp8_tests 180 "${PYTEST[@]}" tests/kernels/test_fp8.py tests/runtime/test_fp8.py ;;
     cache_out) step cache_out 60 tar -czf "$OUT/fi_cache.tgz" -C .cache flashinfer ;;
-    bundle) (cd "$OUT" && tar -czf bundle.tgz --remove-files $(ls *.log *.json 2>/dev/null)) ;;  # one file back, not many
+    bundle) (cd "$OUT" && tar -czf bundle.tgz --remove-files $(ls -d *.log *.json */ 2>/dev/null)) ;;  # one file back, not many
     *) echo "unknown step $s"; exit 2 ;;
   esac
 done
