@@ -79,3 +79,54 @@ def test_tiny_checkpoint_config_matches_tokenizer_and_overrides(tmp_path):
 def test_importing_lmlang_testing_is_cheap():
     code = "import sys, lmlang.testing\nassert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+TINY_TRAIN = dict(steps=60, batch_size=8, seq_len=64, lr=1e-2, hidden_size=64, num_attention_heads=2,
+                  num_key_value_heads=1, head_dim=32, intermediate_size=128, num_hidden_layers=1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from lmlang.testing import train_tiny_checkpoint
+
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("trained"), "llama", **TINY_TRAIN)
+
+
+def _held_out_loss(model, ids):
+    import torch
+
+    with torch.no_grad():
+        x = torch.tensor([ids])
+        return torch.nn.functional.cross_entropy(model(x).logits[0, :-1], x[0, 1:]).item()
+
+
+def test_trained_checkpoint_learns_the_text_and_keeps_logits_bounded(trained):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from lmlang.testing.train_tiny import python_source_ids
+
+    tok = AutoTokenizer.from_pretrained(trained)
+    held_out = python_source_ids(tok, "held_out", 256)
+    assert len(held_out) == 256 and held_out != python_source_ids(tok, "train", 256)
+    model = AutoModelForCausalLM.from_pretrained(trained).eval()
+    assert model.config.head_dim == 32 and model.config.num_hidden_layers == 1
+    torch.manual_seed(0)
+    untrained = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(trained)).eval()
+    # text it never saw, from the same distribution, is far better predicted than by chance (ln 512 = 6.24)
+    assert _held_out_loss(model, held_out) < _held_out_loss(untrained, held_out) - 1.5
+    with torch.no_grad():
+        assert model(torch.tensor([held_out])).logits.abs().max().item() < 8.0
+
+
+def test_trained_checkpoint_is_deterministic_and_checks_arguments(trained, tmp_path):
+    from lmlang.testing import train_tiny_checkpoint
+    from lmlang.testing.train_tiny import python_source_ids
+
+    again = train_tiny_checkpoint(tmp_path / "again", "llama", **TINY_TRAIN)
+    with open(os.path.join(trained, "model.safetensors"), "rb") as a, open(os.path.join(again, "model.safetensors"), "rb") as b:
+        assert a.read() == b.read()
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        train_tiny_checkpoint(tmp_path / "x", "llama", steps=0)
+    with pytest.raises(ValueError, match="split must be"):
+        python_source_ids(None, "test", 10)
