@@ -155,6 +155,12 @@ def gpu_idle(driver: Driver, steps: int) -> dict:
         prof.export_chrome_trace(trace)
         with open(trace) as f:
             events = json.load(f)["traceEvents"]
+    return idle_from_trace(events, steps)
+
+
+def idle_from_trace(events: list, steps: int) -> dict:
+    """Per-step idle time from a Chrome trace's device events (`ts`, `dur` in microseconds): a step
+    ends with its device-to-host copy of the sampled tokens."""
     busy = sorted((e["ts"], e["ts"] + e.get("dur", 0)) for e in events
                   if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "ts" in e)
     marks = sorted(e["ts"] + e.get("dur", 0) for e in events
@@ -264,8 +270,12 @@ def main() -> None:
     gc.freeze()  # as the engine core does after start-up
     rows = []
     for overlap in (False, True):  # off first: a running overlap chain continues by itself once started
-        rows.append(measure(driver, overlap, args.steps, args.warmup))
-        print(f"# overlap {'on' if overlap else 'off'} done", flush=True)
+        row = measure(driver, overlap, args.steps, args.warmup)
+        rows.append(row)
+        g = row.get("gpu", {})
+        print(f"# overlap {'on' if overlap else 'off'}: {row['overlapped_steps']}/{row['decode_steps']} steps overlapped; "
+              f"profiled {g.get('device_events', 0)} device events, {g.get('step_marks', 0)} step ends "
+              f"({g.get('copies_per_step', '-')} device-to-host copies per step)", flush=True)
     result = dict(info=info, batch=args.batch, ctx=args.ctx, steps=args.steps, rows=rows)
     pathlib.Path(args.out).write_text(json.dumps(result, indent=2))
 
