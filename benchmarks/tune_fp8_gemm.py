@@ -10,7 +10,9 @@ specialization (M = 1 or M > 1): a config that fails to compile or computes a wr
 there is logged and skipped; a worker that crashes costs only its own configs. `--out` gets the
 table in the format `get_fp8_gemm_config` reads (install it as
 `kernels/configs/fp8_gemm/device=<name>.json`, the name printed last); `<out>.results.json` gets
-every timing. The run stops searching after `--budget-s` seconds and writes what it has.
+every timing. The run stops searching after `--budget-s` seconds and writes what it has. With
+`--merge <table>`, `--out` starts as a copy of that table, and only the (shape, M) entries tuned
+in this run replace its entries (a re-tune of `--ms 4096` keeps the small-M buckets).
 
 Printed last, per shape and M: the best config, its time, TFLOP/s, speed-up over the bf16
 matmul and over `torch._scaled_mm` with row-wise scales (the FP8 peer), the bandwidth it reaches
@@ -67,6 +69,9 @@ def candidates(m: int) -> list[Fp8GemmConfig]:
     tiles = ((64, 128, 4), (128, 128, 8), (64, 256, 8))
     out = [Fp8GemmConfig(bm, bn, 8, w, s, use_tma=t) for bm, bn, w in tiles for s in (3, 4, 5) for t in (False, True)]
     out += [Fp8GemmConfig(128, 128, 8, 8, s, use_tma=True, warp_specialize=True) for s in (3, 4)]
+    if m >= 1024:  # compute-bound: the grouped order's L2 reuse (GROUP_M) and 3 CTAs/SM of 64x128 with a producer
+        out += [Fp8GemmConfig(128, 128, g, 8, 4, use_tma=True, warp_specialize=ws) for g in (4, 16) for ws in (False, True)]
+        out += [Fp8GemmConfig(64, 128, 8, 4, s, use_tma=True, warp_specialize=True) for s in (3, 4)]
     return out
 
 
@@ -217,6 +222,8 @@ def main() -> None:
     parser.add_argument("--rep-ms", type=int, default=20, help="do_bench repetition time per config (ms)")
     parser.add_argument("--budget-s", type=float, default=270.0, help="stop searching after this many seconds")
     parser.add_argument("--workers", type=int, default=12, help="parallel compile processes (0: compile in-line)")
+    parser.add_argument("--merge", type=pathlib.Path, default=None,
+                        help="a table to start from: its entries for shapes and M buckets not tuned here are kept")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("tune_fp8_gemm.py needs a CUDA device")
@@ -234,7 +241,7 @@ def main() -> None:
     copy_bw = copy_bandwidth()
     print(f"copy bandwidth {copy_bw / 1e12:.2f} TB/s", flush=True)
 
-    table: dict[str, dict] = {}
+    table: dict[str, dict] = json.loads(args.merge.read_text()) if args.merge else {}
     results = []
     results_path = args.out.with_suffix(".results.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
