@@ -50,9 +50,13 @@ def _round_to_e4m3(x):
 @triton.jit
 def per_token_group_quant_fp8_kernel(
     x_ptr,  # [num_groups * GROUP] contiguous, group g = x[g * GROUP : (g + 1) * GROUP]
-    q_ptr,  # [num_groups * GROUP] fp8
-    scale_ptr,  # [num_groups] float32
+    q_ptr,  # [num_out_groups * GROUP] fp8 (groups past num_groups: padding rows, written as zeros)
+    scale_ptr,  # float32; group g = (row, col) of the scale matrix: row * stride_scale_row + col * stride_scale_group
     num_groups,
+    num_out_groups,
+    groups_per_row,
+    stride_scale_row,
+    stride_scale_group,
     eps,
     GROUP: tl.constexpr,
     BLOCK_G: tl.constexpr,  # groups per program
@@ -60,22 +64,34 @@ def per_token_group_quant_fp8_kernel(
 ):
     offs_g = tl.program_id(0).to(tl.int64) * BLOCK_G + tl.arange(0, BLOCK_G)
     offs = offs_g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
-    mask = offs_g[:, None] < num_groups
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    # padding groups read as zeros: their q is 0 and their scale eps / 448
+    x = tl.load(x_ptr + offs, mask=offs_g[:, None] < num_groups, other=0.0).to(tl.float32)
     scale = tl.maximum(tl.max(tl.abs(x), axis=1), eps) * (1.0 / 448.0)  # one IEEE multiply everywhere
     q = tl.clamp(tl.div_rn(x, scale[:, None]), -448.0, 448.0)  # `/` would be div.full.f32 on the GPU
     if ROUND_IN_FP32:
         q = _round_to_e4m3(q)
-    tl.store(q_ptr + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
-    tl.store(scale_ptr + offs_g, scale, mask=offs_g < num_groups)
+    tl.store(q_ptr + offs, q.to(q_ptr.dtype.element_ty), mask=offs_g[:, None] < num_out_groups)
+    scale_offs = (offs_g // groups_per_row) * stride_scale_row + (offs_g % groups_per_row) * stride_scale_group
+    tl.store(scale_ptr + scale_offs, scale, mask=offs_g < num_out_groups)
 
 
 def per_token_group_quant_fp8(
-    x: torch.Tensor, group_size: int = 128, eps: float = 1e-10
+    x: torch.Tensor,
+    group_size: int = 128,
+    eps: float = 1e-10,
+    *,
+    column_major_scales: bool = False,
+    pad_rows_to: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantizes x ([..., K], K % group_size == 0) per group of `group_size` features.
 
     Returns `(x_fp8 [..., K] float8_e4m3fn, scales [..., K / group_size] float32)`.
+
+    For cuBLASLt's block-scaled GEMM (`lmlang.kernels.fp8_cublas`), x must be 2-D [M, K] and:
+    `pad_rows_to=p` rounds the rows up to Mp = M rounded up to a multiple of p (the extra rows of
+    x_fp8 are zeros, their scales eps / 448), and `column_major_scales=True` writes the scales
+    as the transposed view of a contiguous [K / group_size, Mp] tensor (strides (1, Mp)), so no
+    transpose copy is needed.
     """
     if x.dtype not in _IN_DTYPES:
         raise ValueError(f"per_token_group_quant_fp8: dtype {x.dtype} not supported; use one of {_IN_DTYPES}")
@@ -85,14 +101,30 @@ def per_token_group_quant_fp8(
         )
     if not x.is_contiguous():
         raise ValueError("per_token_group_quant_fp8: x must be contiguous")
-    q = torch.empty(x.shape, dtype=FP8_DTYPE, device=x.device)
-    scales = torch.empty(*x.shape[:-1], x.shape[-1] // group_size, dtype=torch.float32, device=x.device)
-    num_groups = scales.numel()
-    if num_groups == 0:
+    if pad_rows_to < 1:
+        raise ValueError(f"per_token_group_quant_fp8: pad_rows_to must be >= 1, got {pad_rows_to}")
+    if (column_major_scales or pad_rows_to > 1) and x.dim() != 2:
+        raise ValueError(
+            f"per_token_group_quant_fp8: column_major_scales / pad_rows_to need a 2-D x, got shape {tuple(x.shape)}"
+        )
+    groups_per_row = x.shape[-1] // group_size
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    out_rows = -(-rows // pad_rows_to) * pad_rows_to
+    q_shape = (out_rows, x.shape[-1]) if x.dim() == 2 else x.shape
+    q = torch.empty(q_shape, dtype=FP8_DTYPE, device=x.device)
+    if column_major_scales:
+        scales = torch.empty(groups_per_row, out_rows, dtype=torch.float32, device=x.device).t()  # [Mp, K / g]
+        stride_row, stride_group = 1, out_rows
+    else:
+        scales = torch.empty(*q_shape[:-1], groups_per_row, dtype=torch.float32, device=x.device)
+        stride_row, stride_group = groups_per_row, 1
+    num_out_groups = out_rows * groups_per_row
+    if num_out_groups == 0:
         return q, scales
     block_g = 16
     launch(
-        per_token_group_quant_fp8_kernel, (triton.cdiv(num_groups, block_g),), x, q, scales, num_groups, eps,
+        per_token_group_quant_fp8_kernel, (triton.cdiv(num_out_groups, block_g),), x, q, scales,
+        rows * groups_per_row, num_out_groups, groups_per_row, stride_row, stride_group, eps,
         GROUP=group_size, BLOCK_G=block_g, ROUND_IN_FP32=x.device.type == "cpu", num_warps=4,
     )
     return q, scales

@@ -7,14 +7,26 @@ block-scaled GEMM accumulates in float32. `in_padded` rounds `in_features` up to
 the GEMM works on whole k blocks, so a ragged input dim (DeepSeek-V2-Lite's 10944) is padded
 with zero weight columns and zero activations, which changes no product.
 
-On CUDA the GEMM and the activation quantization are the Triton kernels of `lmlang.kernels.fp8`;
-elsewhere their torch references (the same arithmetic: quantize, dequantize, matmul in float32).
+On CUDA the activation quantization is the Triton kernel of `lmlang.kernels.fp8`, and the GEMM
+either its Triton kernel or cuBLASLt's block-scaled GEMM (`lmlang.kernels.fp8_cublas`; Hopper,
+torch >= 2.9 with CUDA >= 12.9), chosen by the backend (`$LMLANG_FP8_GEMM_BACKEND`):
+- `auto` (default): cuBLAS where the probe says it works and the batch has at least
+  `CUBLAS_MIN_TOKENS` tokens (the Triton kernel, with split-K, is faster on the weight-bound
+  small batches; cuBLAS reaches more of the tensor cores on the compute-bound large ones);
+- `triton`: always the Triton kernel; `cublas`: cuBLAS at every batch size (an error at load
+  time for a weight it cannot run).
+cuBLAS runs bf16 models only (the output dtype its probe checks); others use the Triton kernel.
+The choice and cuBLAS's weight-scale layout are fixed once, in `process_weights_after_loading`
+(the model loader calls it); a forward then only compares its token count with the threshold,
+so it adds no host synchronization and captures in CUDA graphs. Elsewhere (CPU) the torch
+references run (the same arithmetic: quantize, dequantize, matmul in float32).
 A stacked projection (q/k/v, gate/up) keeps its shard table: each checkpoint shard fills its rows
 of `weight` and, when its row offset is a multiple of bn, its rows of `weight_scale_inv`.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Hashable, Mapping, Optional
 
 import torch
@@ -30,7 +42,27 @@ from lmlang.kernels.fp8 import (
     ref_fp8_block_gemm,
     ref_per_token_group_quant_fp8,
 )
+from lmlang.kernels.fp8_cublas import (
+    ROW_MULTIPLE,
+    cublas_block_fp8_unsupported_reason,
+    cublas_weight_scales,
+    fp8_block_gemm_cublas,
+)
 from lmlang.runtime.layers.linear import Linear, StackedLinear, new_parameter
+
+
+GEMM_BACKENDS = ("auto", "triton", "cublas")
+GEMM_BACKEND_ENV = "LMLANG_FP8_GEMM_BACKEND"
+# `auto` runs cuBLAS from this many tokens up (H200, V3 shapes: Triton at 1.5-1.8x bf16 for M <= 64)
+CUBLAS_MIN_TOKENS = 128
+
+
+def gemm_backend_from_env() -> str:
+    """`$LMLANG_FP8_GEMM_BACKEND`, one of `GEMM_BACKENDS` (unset: `auto`)."""
+    backend = os.environ.get(GEMM_BACKEND_ENV, "") or "auto"
+    if backend not in GEMM_BACKENDS:
+        raise ValueError(f"{GEMM_BACKEND_ENV} must be one of {GEMM_BACKENDS}, got {backend!r}")
+    return backend
 
 
 def cdiv(a: int, b: int) -> int:
@@ -91,6 +123,9 @@ class Fp8Linear(nn.Module):
         self.weight = new_fp8_parameter((out_features, self.padded_in), self.weight_loader)
         self.weight_scale_inv = new_scale_parameter((cdiv(out_features, bn), self.padded_in // bk), self.weight_loader)
         self.bias = new_parameter((out_features,), self.weight_loader) if bias else None
+        # set by process_weights_after_loading: the minimum token count for cuBLAS, or None (Triton only)
+        self.cublas_min_tokens: Optional[int] = None
+        self.register_buffer("weight_scale_cublas", None, persistent=False)  # [L4, ceil(out / bn)], strides (1, L4)
         if self.shard_sizes:
             for param in self.parameters():
                 param.shard_ids = tuple(self.shard_sizes)
@@ -151,6 +186,31 @@ class Fp8Linear(nn.Module):
             layer.bias = linear.bias
         return layer
 
+    @torch.no_grad()
+    def process_weights_after_loading(self, backend: Optional[str] = None) -> None:
+        """Chooses the GEMM backend (`backend`, default `$LMLANG_FP8_GEMM_BACKEND`, see the module
+        docstring) and, for cuBLAS, lays the weight scales out once as cuBLASLt reads them
+        (`weight_scale_cublas`; `weight_scale_inv` stays as loaded, for the Triton kernel). Runs a
+        one-time probe of cuBLAS on the device (a host synchronization); call it again after a
+        change of weights or device."""
+        backend = backend or gemm_backend_from_env()
+        if backend not in GEMM_BACKENDS:
+            raise ValueError(f"fp8 GEMM backend must be one of {GEMM_BACKENDS}, got {backend!r}")
+        self.cublas_min_tokens, self.weight_scale_cublas = None, None
+        if backend == "triton" or not self.weight.is_cuda:
+            return
+        n, k = self.weight.shape
+        if self.block != (128, 128):
+            reason = f"block {list(self.block)} is not cuBLASLt's 128 x 128"
+        else:
+            reason = cublas_block_fp8_unsupported_reason(self.weight.device, n, k)
+        if reason is not None:
+            if backend == "cublas":
+                raise ValueError(f"fp8 GEMM backend 'cublas' cannot run the [{n}, {k}] weight here: {reason}")
+            return
+        self.weight_scale_cublas = cublas_weight_scales(self.weight_scale_inv)
+        self.cublas_min_tokens = 1 if backend == "cublas" else CUBLAS_MIN_TOKENS
+
     def dequantized_weight(self) -> torch.Tensor:
         """W [out, in] in the model's dtype (for layers that need it dense, e.g. MLA's absorption)."""
         w = dequant_weight_block_fp8(self.weight, self.weight_scale_inv, self.block)[:, : self.in_features]
@@ -161,9 +221,18 @@ class Fp8Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         if self.padded_in != self.in_features:
             x2 = F.pad(x2, (0, self.padded_in - self.in_features))
-        a, a_scales = quant_activation(x2, self.block[1])
-        gemm = fp8_block_gemm if x.is_cuda else ref_fp8_block_gemm
-        y = gemm(a, a_scales, self.weight, self.weight_scale_inv, x.dtype, self.block)
+        m = x2.shape[0]
+        use_cublas = self.cublas_min_tokens is not None and m >= self.cublas_min_tokens and x.dtype == torch.bfloat16
+        if use_cublas and x.is_cuda:
+            # rows padded to a multiple of 4, scales column-major: the layout cuBLASLt reads
+            a, a_scales = per_token_group_quant_fp8(
+                x2.contiguous(), self.block[1], column_major_scales=True, pad_rows_to=ROW_MULTIPLE
+            )
+            y = fp8_block_gemm_cublas(a, a_scales, self.weight, self.weight_scale_cublas, x.dtype)[:m]
+        else:
+            a, a_scales = quant_activation(x2, self.block[1])
+            gemm = fp8_block_gemm if x.is_cuda else ref_fp8_block_gemm
+            y = gemm(a, a_scales, self.weight, self.weight_scale_inv, x.dtype, self.block)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)

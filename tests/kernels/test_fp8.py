@@ -1,10 +1,16 @@
-"""FP8 block quantization and the W8A8 block-scaled GEMM against their torch references."""
+"""FP8 block quantization and the W8A8 block-scaled GEMMs (Triton, cuBLAS) against their torch references."""
 
 import json
 
 import pytest
 import torch
 from lmlang.kernels import fp8_gemm
+from lmlang.kernels.fp8_cublas import (
+    cublas_block_fp8_supported,
+    cublas_block_fp8_unsupported_reason,
+    cublas_weight_scales,
+    fp8_block_gemm_cublas,
+)
 from lmlang.kernels.fp8 import (
     Fp8GemmConfig,
     dequant_weight_block_fp8,
@@ -141,3 +147,81 @@ def test_auto_split_k_fills_the_gpu_only_when_tiles_do_not():
     assert fp8_gemm.auto_split_k(num_tiles=300, k_steps=56, num_sms=132) == 1
     assert fp8_gemm.auto_split_k(num_tiles=33, k_steps=56, num_sms=132) == 8
     assert fp8_gemm.auto_split_k(num_tiles=1, k_steps=8, num_sms=132) == 2  # >= 4 k blocks per split
+
+
+@pytest.mark.parametrize("device,m,k", [pytest.param("cpu", 5, 384, id="cpu"),
+                                        pytest.param("cuda", 37, 7168, id="gpu", marks=pytest.mark.gpu)])
+def test_quant_writes_column_major_scales_and_zero_padding_rows(device, m, k):
+    """The layout cuBLASLt reads: rows padded to 4 (zeros), scales the transpose of a [K/128, Mp] tensor."""
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(4)).to(device, torch.bfloat16)
+    q, s = per_token_group_quant_fp8(x, column_major_scales=True, pad_rows_to=4)
+    rq, rs = ref_per_token_group_quant_fp8(x)
+    mp = -(-m // 4) * 4
+    assert q.shape == (mp, k) and s.shape == (mp, k // 128) and s.stride() == (1, mp)
+    assert torch.equal(q[:m].view(torch.uint8), rq.view(torch.uint8)) and not q[m:].float().any()
+    torch.testing.assert_close(s[:m], rs, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="2-D"):
+        per_token_group_quant_fp8(x.view(1, m, k), column_major_scales=True)
+
+
+def test_cublas_weight_scales_pad_k_blocks_to_four():
+    scale_inv = torch.rand(3, 5)  # [ceil(N / 128), L = 5]
+    scales = cublas_weight_scales(scale_inv)
+    assert scales.shape == (8, 3) and scales.stride() == (1, 8)  # L4 = 8
+    assert torch.equal(scales[:5], scale_inv.t()) and not scales[5:].any()
+
+
+def test_fp8_block_gemm_cublas_rejects_other_layouts():
+    aq, a_scales = per_token_group_quant_fp8(torch.randn(8, 256), column_major_scales=True, pad_rows_to=4)
+    w = torch.zeros(128, 256).to(torch.float8_e4m3fn)
+    w_scales = cublas_weight_scales(torch.ones(1, 2))
+    with pytest.raises(ValueError, match="a_scales"):
+        fp8_block_gemm_cublas(aq, a_scales.contiguous(), w, w_scales)  # row-major scales
+    with pytest.raises(ValueError, match="w_scales"):
+        fp8_block_gemm_cublas(aq, a_scales, w, torch.ones(1, 2).t())  # k blocks not padded to 4
+    with pytest.raises(ValueError, match="M % 4"):
+        fp8_block_gemm_cublas(aq[:6], a_scales[:6], w, w_scales)
+    assert not cublas_block_fp8_supported("cpu", 128, 256)
+
+
+def _cuda_is_sm90() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.mark.gpu
+def test_cublas_block_fp8_is_supported_on_hopper():
+    if not _cuda_is_sm90():
+        pytest.skip("cuBLASLt runs the DeepSeek block recipe on SM90 only")
+    for n, k in ((7168, 2048), (2112, 7168), (2048, 11008)):  # whole blocks; ragged N; L = 86, padded to 88
+        assert cublas_block_fp8_unsupported_reason("cuda", n, k) is None, (n, k)
+    assert not cublas_block_fp8_supported("cuda", 200, 256)  # N % 16 != 0
+
+
+CUBLAS_CASES = [  # M, N, K: decode (M padded to 4), V3 projections, K blocks not a multiple of 4
+    pytest.param(1, 7168, 2048, id="decode-o-proj"),
+    pytest.param(37, 24576, 1536, id="q-b-proj"),
+    pytest.param(4096, 2112, 7168, id="prefill-q-kv-a-ragged-n"),
+    pytest.param(300, 7168, 18432, id="down"),
+    pytest.param(64, 2048, 11008, id="v2lite-down-L86"),
+    pytest.param(129, 4096, 1408, id="L11"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,n,k", CUBLAS_CASES)
+def test_fp8_block_gemm_cublas_matches_reference(m, n, k):
+    if not cublas_block_fp8_supported("cuda", n, k):
+        pytest.skip(f"cuBLAS block FP8: {cublas_block_fp8_unsupported_reason('cuda', n, k)}")
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(m, k, generator=g).cuda()
+    # weight blocks with magnitudes over 4 octaves: a scale read from the wrong block shows
+    gain = 2.0 ** torch.randint(0, 5, (-(-n // 128), k // 128), generator=g).float()
+    w = (torch.randn(n, k, generator=g) * 0.02 * gain.repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)).cuda()
+    aq, a_scales = per_token_group_quant_fp8(a, column_major_scales=True, pad_rows_to=4)
+    wq, w_scale_inv = quant_weight_block_fp8(w)
+    out = fp8_block_gemm_cublas(aq, a_scales, wq, cublas_weight_scales(w_scale_inv), torch.bfloat16)
+    assert out.shape == (aq.shape[0], n) and out.dtype == torch.bfloat16
+    ref = ref_fp8_block_gemm(aq[:m], a_scales[:m], wq, w_scale_inv, torch.float32)
+    rel = float((out[:m].float() - ref).norm() / ref.norm())
+    assert rel < 2e-2, rel
+    torch.testing.assert_close(out[:m].float(), ref, atol=2e-2 * ref.abs().max().item(), rtol=2e-2)
