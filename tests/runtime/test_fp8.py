@@ -14,7 +14,7 @@ from lmlang.runtime.layers.linear import Linear, StackedLinear
 from lmlang.runtime.layers.moe import TopKRouter
 from lmlang.runtime.model_loader import load_model
 from lmlang.runtime.quantization import Fp8Config, Fp8FusedMoE, Fp8Linear, resolve_quantization
-from lmlang.runtime.quantization.fp8_linear import fake_quant_activation
+from lmlang.runtime.quantization.fp8_linear import CUBLAS_MIN_TOKENS, GEMM_BACKEND_ENV, fake_quant_activation
 from lmlang.testing import make_tiny_checkpoint, make_tiny_fp8_checkpoint
 from lmlang.testing.forward import ForwardDriver
 from lmlang.testing.parity import parity_prompts
@@ -176,3 +176,50 @@ def test_fp8_layers_on_cuda_match_their_torch_path():
                                moe.w2_weight_scale_inv, weights, ids, moe.block)
     got = moe.cuda()(hidden.cuda(), weights.cuda(), ids.cuda()).cpu()
     torch.testing.assert_close(got, expected, atol=2e-2 * expected.abs().max().item(), rtol=0)
+
+
+def test_fp8_gemm_backend_is_validated_and_cpu_layers_keep_the_reference(monkeypatch):
+    layer = Fp8Linear.quantize(Linear(64, 32), BLOCK)
+    with pytest.raises(ValueError, match="backend"):
+        layer.process_weights_after_loading("cutlass")
+    monkeypatch.setenv(GEMM_BACKEND_ENV, "fast")
+    with pytest.raises(ValueError, match=GEMM_BACKEND_ENV):
+        layer.process_weights_after_loading()
+    monkeypatch.setenv(GEMM_BACKEND_ENV, "cublas")
+    layer.process_weights_after_loading()  # CPU: nothing to lay out, the torch reference runs
+    assert layer.weight_scale_cublas is None and layer.cublas_min_tokens is None
+    assert "weight_scale_cublas" not in layer.state_dict()
+
+
+@pytest.mark.gpu
+def test_fp8_linear_cublas_backend_matches_triton_and_captures_in_a_cuda_graph():
+    from lmlang.kernels.fp8_cublas import cublas_block_fp8_unsupported_reason
+
+    reason = cublas_block_fp8_unsupported_reason("cuda", 2112, 1408)
+    if reason is not None:
+        pytest.skip(f"cuBLAS block FP8: {reason}")
+    gen = torch.Generator().manual_seed(0)
+    linear = Linear(1400, 2112, bias=True)  # K padded to 1408: 11 k blocks (cuBLAS pads its scales to 12)
+    with torch.no_grad():
+        for p in linear.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * p.shape[-1] ** -0.5)
+    layer = Fp8Linear.quantize(linear.to("cuda", torch.bfloat16), (128, 128))
+    x = torch.randn(2, 150, 1400, generator=gen).to("cuda", torch.bfloat16)  # 300 tokens
+    small = x[:1, :3]
+    layer.process_weights_after_loading("triton")
+    triton_out, triton_small = layer(x), layer(small)
+    layer.process_weights_after_loading("auto")
+    assert layer.weight_scale_cublas is not None and layer.cublas_min_tokens == CUBLAS_MIN_TOKENS
+    cublas_out = layer(x)
+    scale = triton_out.abs().max().item()
+    torch.testing.assert_close(cublas_out.float(), triton_out.float(), atol=2e-2 * scale, rtol=0)
+    assert torch.equal(layer(small), triton_small)  # below the threshold auto keeps the Triton kernel
+    graph, static_x = torch.cuda.CUDAGraph(), x.clone()
+    layer(static_x)  # warm up outside the capture
+    torch.cuda.synchronize()
+    with torch.cuda.graph(graph):
+        static_y = layer(static_x)
+    static_x.copy_(x.flip(1))
+    graph.replay()
+    eager = layer(x.flip(1))
+    torch.testing.assert_close(static_y.float(), eager.float(), atol=1e-2 * eager.abs().max().item(), rtol=0)
