@@ -17,7 +17,13 @@ in this run replace its entries (a re-tune of `--ms 4096` keeps the small-M buck
 Printed last, per shape and M: the best config, its time, TFLOP/s, speed-up over the bf16
 matmul and over `torch._scaled_mm` with row-wise scales (the FP8 peer), the bandwidth it reaches
 as a share of the device-to-device copy bandwidth (small M, where the weights' bytes bound it),
-and the time of the untuned default config.
+the time of the untuned default config, and the time of the same block-scaled product through
+cuBLASLt (`lmlang.kernels.fp8_cublas`, checked against the reference like every config) with its
+speed-up over bf16 (`-`: not available here, with the reason logged).
+
+`--installed` skips the search: it times the config the installed table picks for each (shape,
+M) next to cuBLAS, bf16 and the row-wise peer (a quick way to compare backends at many M, e.g.
+to set `CUBLAS_MIN_TOKENS` in `runtime/quantization/fp8_linear.py`).
 """
 
 from __future__ import annotations
@@ -34,10 +40,17 @@ import traceback
 
 import torch
 from lmlang.kernels import fp8
+from lmlang.kernels.fp8_cublas import (
+    ROW_MULTIPLE,
+    cublas_block_fp8_unsupported_reason,
+    cublas_weight_scales,
+    fp8_block_gemm_cublas,
+)
 from lmlang.kernels.fp8_gemm import (
     Fp8GemmConfig,
     device_table_name,
     fp8_block_gemm,
+    get_fp8_gemm_config,
     shape_key,
 )
 
@@ -162,17 +175,38 @@ def rowwise_peer(ops: dict):
     return lambda: torch._scaled_mm(a, w.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
 
 
+def cublas_block(ops: dict, ref: torch.Tensor, name: str) -> tuple:
+    """The block-scaled GEMM through cuBLASLt on the same operands (activation scales in its layout,
+    rows padded to 4): (callable, "") if available and right, else (None, why not)."""
+    m, (n, k) = ops["x"].shape[0], ops["wq"].shape
+    reason = cublas_block_fp8_unsupported_reason("cuda", n, k)
+    if reason is not None:
+        return None, reason
+    aq, a_s = fp8.per_token_group_quant_fp8(ops["x"], column_major_scales=True, pad_rows_to=ROW_MULTIPLE)
+    w_s = cublas_weight_scales(ops["w_s"])
+
+    def run() -> torch.Tensor:
+        return fp8_block_gemm_cublas(aq, a_s, ops["wq"], w_s, torch.bfloat16)
+
+    err = rel_error(run()[:m], ref)
+    if not err < 1e-2:
+        print(f"  {name} M={m} cuBLAS block: WRONG (relative error {err:.3g})", file=sys.stderr)
+        return None, f"wrong (relative error {err:.3g})"
+    return run, ""
+
+
 def tune_one(name: str, n: int, k: int, m: int, known: dict, args, num_sms: int, deadline: float) -> dict:
     ops = make_operands(m, n, k)
     ref = fp8.ref_fp8_block_gemm(ops["aq"], ops["a_s"], ops["wq"], ops["w_s"], torch.float32)
     out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
     rep = args.rep_ms if m > 128 else max(5, args.rep_ms // 2)
     timings, best, best_us = [], None, float("inf")
-    for cfg in candidates(m):
+    installed = [get_fp8_gemm_config(m, n, k, torch.cuda.get_device_name())] if args.installed else None
+    for cfg in installed or candidates(m):
         status = known.get((cfg, m == 1))
         if status or (status is None and known and cfg.warp_specialize):
             continue  # failed in the workers (logged there), or untested and risky
-        for variant in timing_variants(cfg, m, n, k, num_sms):
+        for variant in installed or timing_variants(cfg, m, n, k, num_sms):
             if time.monotonic() > deadline:
                 break
             try:
@@ -202,15 +236,21 @@ def tune_one(name: str, n: int, k: int, m: int, known: dict, args, num_sms: int,
     except Exception as e:  # e.g. shapes _scaled_mm does not take
         print(f"  {name} M={m}: torch._scaled_mm skipped ({type(e).__name__})", file=sys.stderr)
         peer_us = None
+    try:
+        cublas, cublas_why = cublas_block(ops, ref, name)
+        cublas_us = bench(cublas, rep) if cublas is not None else None
+    except Exception as e:  # a shape or layout this torch / cuBLAS rejects: report it, keep the entry
+        cublas, cublas_why, cublas_us = None, f"{type(e).__name__}: {str(e).strip()[:160]}", None
+    if cublas is None:
+        print(f"  {name} M={m}: cuBLAS block skipped ({cublas_why})", file=sys.stderr)
     min_bytes = n * k + m * k + 2 * m * n + 4 * (m * k // 128 + -(-n // 128) * k // 128)
     result.update(best=best.to_json(), best_short=best.short(), us=best_us, default_us=default_us, bf16_us=bf16_us,
-                  scaled_mm_us=peer_us, tflops=2 * m * n * k / best_us * 1e-6, bytes=min_bytes)
+                  scaled_mm_us=peer_us, cublas_us=cublas_us, cublas_why=cublas_why,
+                  tflops=2 * m * n * k / best_us * 1e-6, bytes=min_bytes)
     return result
 
 
 def _default_config(m: int, n: int, k: int) -> Fp8GemmConfig:
-    from lmlang.kernels.fp8_gemm import get_fp8_gemm_config
-
     return get_fp8_gemm_config(m, n, k, None)
 
 
@@ -224,6 +264,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=12, help="parallel compile processes (0: compile in-line)")
     parser.add_argument("--merge", type=pathlib.Path, default=None,
                         help="a table to start from: its entries for shapes and M buckets not tuned here are kept")
+    parser.add_argument("--installed", action="store_true",
+                        help="no search: time the installed table's config per (shape, M) next to cuBLAS and bf16")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("tune_fp8_gemm.py needs a CUDA device")
@@ -232,7 +274,8 @@ def main() -> None:
     ms = [int(s) for s in args.ms.split(",")]
     shapes = {name: nk for group in args.shapes.split(",") for name, nk in SHAPES[group].items()}
     props = torch.cuda.get_device_properties(0)
-    known = precompile(ms, args.workers, timeout_s=0.5 * args.budget_s) if args.workers else {}
+    search = args.workers and not args.installed
+    known = precompile(ms, args.workers, timeout_s=0.5 * args.budget_s) if search else {}
     failed = sorted(f"{c.short()}@{'M=1' if one else 'M>1'}: {e}" for (c, one), e in known.items() if e)
     print(f"{props.name}, {props.multi_processor_count} SMs; compiled {len(known)} configs in "
           f"{time.monotonic() - start:.0f}s, {len(failed)} failed", flush=True)
@@ -258,21 +301,26 @@ def main() -> None:
             results.append(r)
             if "best" in r:
                 table.setdefault(shape_key(n, k), {})[str(m)] = r["best"]
-                print(f"{name} M={m}: {r['us']:.1f} us {r['best_short']} ({time.monotonic() - start:.0f}s)", flush=True)
+                cublas = f", cuBLAS block {r['cublas_us']:.1f} us" if r["cublas_us"] else ""
+                print(f"{name} M={m}: {r['us']:.1f} us {r['best_short']}{cublas} ({time.monotonic() - start:.0f}s)",
+                      flush=True)
             args.out.write_text(json.dumps(table, indent=1) + "\n")  # after every entry: a cut-off run keeps its work
             results_path.write_text(json.dumps({"device": props.name, "copy_bw": copy_bw, "results": results}, indent=1))
             torch.cuda.empty_cache()
 
     print(f"\n{'shape':16} {'N':>6} {'K':>6} {'M':>5}  {'best config':30} {'us':>8} {'TFLOP/s':>8} "
-          f"{'x bf16':>7} {'x smm':>6} {'%copy':>6} {'dflt us':>8}")
+          f"{'x bf16':>7} {'x smm':>6} {'%copy':>6} {'dflt us':>8} {'cublas us':>9} {'cb/bf16':>7}")
     for r in results:
         if "best" not in r:
             print(f"{r['name']:16} {r['N']:6} {r['K']:6} {r['M']:5}  no config ran")
             continue
         smm = f"{r['scaled_mm_us'] / r['us']:.2f}" if r["scaled_mm_us"] else "-"
         pct = f"{100 * r['bytes'] / (r['us'] * 1e-6) / copy_bw:.0f}" if r["M"] <= 128 else "-"
+        cublas_us = f"{r['cublas_us']:9.1f}" if r["cublas_us"] else f"{'-':>9}"
+        cublas_x = f"{r['bf16_us'] / r['cublas_us']:7.2f}" if r["cublas_us"] else f"{'-':>7}"
         print(f"{r['name']:16} {r['N']:6} {r['K']:6} {r['M']:5}  {r['best_short']:30} {r['us']:8.1f} "
-              f"{r['tflops']:8.1f} {r['bf16_us'] / r['us']:7.2f} {smm:>6} {pct:>6} {r['default_us']:8.1f}")
+              f"{r['tflops']:8.1f} {r['bf16_us'] / r['us']:7.2f} {smm:>6} {pct:>6} {r['default_us']:8.1f} "
+              f"{cublas_us} {cublas_x}")
     print(f"wrote {args.out} ({sum(len(v) for v in table.values())} entries; install as "
           f"kernels/configs/fp8_gemm/{device_table_name(props.name)}) and {results_path}; "
           f"{time.monotonic() - start:.0f}s")
