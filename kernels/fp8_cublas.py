@@ -154,12 +154,7 @@ def _probe(device: torch.device, n: int, k: int) -> Optional[str]:
     return None if err < 1e-2 else f"wrong result at N={n}, K={k} (relative error {err:.3g})"
 
 
-@functools.lru_cache(maxsize=None)
-def _probe_cached(device: torch.device, n: int, k: int) -> Optional[str]:
-    reason = _probe(device, n, k)
-    if reason is not None:
-        logger.info("cuBLAS block-scaled FP8 GEMM not used on %s (probe N=%d, K=%d): %s", device, n, k, reason)
-    return reason
+_probe_results: dict[tuple[torch.device, int, int], Optional[str]] = {}  # (device, n, k) -> `_probe`'s answer
 
 
 def cublas_block_fp8_unsupported_reason(device: torch.device | str, n: int, k: int) -> Optional[str]:
@@ -178,13 +173,18 @@ def cublas_block_fp8_unsupported_reason(device: torch.device | str, n: int, k: i
     capability = torch.cuda.get_device_capability(device)
     if capability != (9, 0):
         return f"cuBLASLt runs 1x128 x 128x128 block scaling on SM90 only, this GPU is SM{capability[0]}{capability[1]}"
-    if torch.cuda.is_current_stream_capturing():
-        return "cannot probe during CUDA graph capture (call cublas_block_fp8_supported before capturing)"
-    # probe the cases that differ in layout: k blocks a multiple of 4 or padded; whole or ragged n blocks
-    probe_k = 4 * BLOCK if (k // BLOCK) % K_BLOCKS_MULTIPLE == 0 else 3 * BLOCK
+    # one probe per case that differs in layout: k blocks a multiple of 4 or padded; whole or ragged n blocks
     probe_n = 2 * BLOCK if n % BLOCK == 0 else BLOCK + 64
-    with torch.cuda.device(device):
-        return _probe_cached(device, probe_n, probe_k)
+    probe_k = 4 * BLOCK if k // BLOCK % K_BLOCKS_MULTIPLE == 0 else 3 * BLOCK
+    key = (device, probe_n, probe_k)
+    if key not in _probe_results:
+        if torch.cuda.is_current_stream_capturing():
+            return "cannot probe during CUDA graph capture (call cublas_block_fp8_supported before capturing)"
+        with torch.cuda.device(device):
+            _probe_results[key] = _probe(*key)
+        if _probe_results[key] is not None:
+            logger.info("cuBLAS block-scaled FP8 GEMM not used on %s (probe N=%d, K=%d): %s", *key, _probe_results[key])
+    return _probe_results[key]
 
 
 def cublas_block_fp8_supported(device: torch.device | str, n: int, k: int) -> bool:
