@@ -31,6 +31,12 @@
 #   moe              benchmarks/kernels.py fused MoE: V2-Lite and V3, bf16/fp8, M = 1/32/512/4096
 #   tune_fp8         tune_fp8_gemm.py: FP8 block GEMM configs on V3 shapes at M = 1, 64, 4096 vs bf16 and _scaled_mm
 #   fp8_tests        the FP8 GPU tests
+#   tune_fp8_r2      re-tune the FP8 GEMM at M = 1, 64, 4096 merged into the committed table (+ cuBLAS block column)
+#   fp8_tables_in    install that table in this machine's tree
+#   fp8_cmp          Triton vs cuBLAS block FP8 across M with the installed table (no search)
+#   deepseek_e2e     DeepSeek-V2-Lite-shaped engine decode, bf16 vs FP8, batch 1 / 32 / 128
+#   parity           GPU parity vs transformers (trained tiny checkpoints and random ones)
+#   sched_cost       scheduler_cost.py: host CPU per decode step and GPU idle, batch 256, overlap on/off
 #   cache_out        tar the FlashInfer JIT cache into $OUT (carry it back as .cache/fi_cache.tgz)
 set -u
 OUT=${OUT:-/tmp/lmlang-out}
@@ -100,6 +106,14 @@ for s in "$@"; do
     moe) step moe 240 python3 benchmarks/kernels.py --only fused_moe --rep-ms 30 --out "$OUT/kernels_moe.json" ;;
     tune_fp8) step tune_fp8 330 python3 benchmarks/tune_fp8_gemm.py --budget-s ${TUNE_BUDGET_S:-270} --out "$OUT/fp8_gemm.json" ;;
     fp8_tests) step fp8_tests 180 "${PYTEST[@]}" tests/kernels/test_fp8.py tests/runtime/test_fp8.py ;;
+    tune_fp8_r2) step tune_fp8_r2 330 python3 benchmarks/tune_fp8_gemm.py --ms 1,64,4096 \
+      --merge kernels/configs/fp8_gemm/device=NVIDIA_H200.json --out "$OUT/fp8_gemm_r2.json" ;;
+    fp8_tables_in) cp "$OUT/fp8_gemm_r2.json" kernels/configs/fp8_gemm/device=NVIDIA_H200.json ;;
+    fp8_cmp) step fp8_cmp 150 python3 benchmarks/tune_fp8_gemm.py --installed --ms 16,64,128,256,512,1024,4096 \
+      --out "$OUT/fp8_cmp.json" ;;
+    deepseek_e2e) step deepseek_e2e 300 python3 benchmarks/deepseek_e2e.py --decode-steps 32 --out "$OUT/deepseek_e2e.json" ;;
+    parity) step parity 300 "${PYTEST[@]}" tests/runtime/test_gpu_parity.py -s ;;
+    sched_cost) step sched_cost 300 python3 benchmarks/scheduler_cost.py --config $LLAMA --out "$OUT/scheduler_cost.json" ;;
     cache_out) step cache_out 60 tar -czf "$OUT/fi_cache.tgz" -C .cache flashinfer ;;
     bundle) (cd "$OUT" && tar -czf bundle.tgz --remove-files $(ls -d *.log *.json */ 2>/dev/null)) ;;  # one file back, not many
     *) echo "unknown step $s"; exit 2 ;;
