@@ -139,18 +139,18 @@ class ByteDFA(LazyTable):
     def _build_row(self, state: int) -> np.ndarray:
         if self._shortest and self.accept[state]:
             return np.full(self.num_classes, -1, dtype=np.int32)
-        positions = list(self._sets[state])
-        moves = [self._moves_of(s) for s, _ in positions]
+        # positions that move on some byte (epsilon-only ones never do), with their moves
+        moving = [(ctr, m) for s, ctr in self._sets[state] for m in (self._moves_of(s),) if m[1]]
+        if not moving:
+            return np.full(self.num_classes, -1, dtype=np.int32)
         # per class: the column of target-list ids over positions; equal columns = same state
         step_memo = self._steps
         by_column: dict[tuple, int] = {}
         row = []
-        for column in zip(*[m[0] for m in moves]):
+        for column in zip(*[m[0] for _, m in moving]):
             j = by_column.get(column)
             if j is None:
-                key = frozenset(
-                    (d, ctr) for (_, ctr), (_, lists), t in zip(positions, moves, column) if t >= 0 for d in lists[t]
-                )
+                key = frozenset((d, ctr) for (ctr, (_, lists)), t in zip(moving, column) if t >= 0 for d in lists[t])
                 j = step_memo.get(key)
                 if j is None:
                     nxt = self._closure(key) if key else key
@@ -165,9 +165,9 @@ class ByteDFA(LazyTable):
         moves = self._moves.get(nfa_state)
         if moves is None:
             per_class: dict[int, list[int]] = {}
-            cls = self.byte_class
+            cls = self._class_list
             for lo, hi, dst in self._edges[nfa_state]:
-                for c in range(int(cls[lo]), int(cls[hi]) + 1):
+                for c in range(cls[lo], cls[hi] + 1):
                     per_class.setdefault(c, []).append(dst)
             lists: list[tuple[int, ...]] = []
             ids: dict[tuple[int, ...], int] = {}

@@ -52,10 +52,14 @@ class CompileOptions:
     max_dfa_states: limit on the states of any one automaton (a regex, a lark terminal, a
       lexer); DFAs are built lazily, so this bounds memory while masks are computed.
     timeout_s: limit on the wall time spent building one regex's NFA.
+    precompute_s: time a regex constraint spends at compile time computing the masks of its DFA
+      states (breadth-first from the start, see CompiledRegex.precompute), so that a request
+      finds them cached; 0 leaves every mask to be computed when first needed.
     """
 
     max_dfa_states: int = 250_000
     timeout_s: float = 10.0
+    precompute_s: float = 0.05
 
 
 def validate_regex(pattern: str, options: CompileOptions = CompileOptions()) -> None:
@@ -77,7 +81,9 @@ def compile_regex(pattern: str, tokenizer_info: TokenizerInfo, options: CompileO
     from .regex_matcher import CompiledRegex
     from .regex_dfa import regex_to_dfa
 
-    return CompiledRegex(regex_to_dfa(pattern, options), tokenizer_info, kind="regex", source=pattern)
+    compiled = CompiledRegex(regex_to_dfa(pattern, options), tokenizer_info, kind="regex", source=pattern)
+    compiled.precompute(options.precompute_s)
+    return compiled
 
 
 def compile_grammar(
@@ -152,7 +158,9 @@ class GrammarCompiler:
         target_kind, target = json_schema_to_grammar(json.loads(schema_text), whitespace_pattern=whitespace_pattern)
         info = self.tokenizer_info
         if target_kind == "regex":
-            return CompiledRegex(regex_to_dfa(target, self.options), info, kind="json_schema", source=schema_text)
+            compiled = CompiledRegex(regex_to_dfa(target, self.options), info, kind="json_schema", source=schema_text)
+            compiled.precompute(self.options.precompute_s)
+            return compiled
         if target_kind == "lark":
             cfg = load_cfg(target, "start", self.options)
             return CompiledCFG(cfg, info, kind="json_schema", source=schema_text, options=self.options)

@@ -6,11 +6,17 @@ So automata here build a state's row only when a walk or a step reaches it. Layo
 vectorized trie walk indexes): int32 `[capacity + 1, num_classes]`; -1 = dead; the last row is
 all -1 so that state -1 indexes a dead row; rows not built yet hold -2 and are never read before
 `ensure`. State ids never change once given, so caches keyed by state stay valid.
+
+Alongside each built row, `leave_bytes` (uint64 [capacity + 1, 4], a 256-bit set) holds the bytes
+that do NOT lead from the state back to itself: a trie subtree none of whose bytes is in that
+set stays in the state all along, so a walk takes it whole without visiting it
+(grammar/token_trie.py). The dead row's set is full.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -18,12 +24,14 @@ import numpy as np
 from .errors import GrammarError
 
 NOT_BUILT = -2
+ALL_BYTES = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 
 
 class LazyTable(ABC):
-    """Base for lazily built DFAs: subclasses create states with `_add_state` and build rows in
-    `_build_row`. Thread-safe: rows are built under a lock; readers re-read `table` after
-    `ensure`, because growing the table replaces the array."""
+    """Base for lazily built DFAs: subclasses set `byte_class` (int64 [256], byte -> class) before
+    calling this constructor, create states with `_add_state` and build rows in `_build_row`.
+    Thread-safe: rows are built under a lock; readers re-read `table` (and `leave_bytes`) after
+    `ensure`, because growing the table replaces the arrays."""
 
     def __init__(self, num_classes: int, max_states: int, what: str):
         self.num_classes = num_classes
@@ -37,14 +45,17 @@ class LazyTable(ABC):
     def _allocate(self, capacity: int) -> None:
         table = np.full((capacity + 1, self.num_classes), NOT_BUILT, dtype=np.int32)
         built = np.zeros(capacity + 1, dtype=bool)
+        leave = np.full((capacity + 1, 4), ALL_BYTES, dtype=np.uint64)
         if self.num_states:
             table[: self.num_states] = self.table[: self.num_states]
             built[: self.num_states] = self.built[: self.num_states]
+            leave[: self.num_states] = self.leave_bytes[: self.num_states]
         table[capacity] = -1
         built[capacity] = True  # index -1: the dead row
         self.capacity = capacity
         self.table = table
         self.built = built
+        self.leave_bytes = leave
         self._grow_extra(capacity)
 
     def _grow_extra(self, capacity: int) -> None:
@@ -65,9 +76,55 @@ class LazyTable(ABC):
             with self._lock:
                 for s in np.unique(states[missing]).tolist():
                     if not self.built[s]:
-                        self.table[s] = self._build_row(s)
-                        self.built[s] = True
+                        self._store_row(s, self._build_row(s))
         return self.table
+
+    def _store_row(self, state: int, row) -> None:
+        row = np.asarray(row, dtype=np.int32)
+        stay = row[self.byte_class] == state  # [256]: bytes that lead back to the state
+        self.leave_bytes[state] = np.packbits(~stay, bitorder="little").view(np.uint64)
+        self.table[state] = row
+        self.built[state] = True
+
+    def build_reachable(self, deadline: float) -> bool:
+        """Build the rows of every state made so far and of every state they lead to, in
+        creation order (breadth-first from state 0), until time.monotonic() passes `deadline`;
+        True if every state was built. GrammarError if the automaton grows too large."""
+        with self._lock:
+            s = 0
+            while s < self.num_states:
+                if not self.built[s]:
+                    self._store_row(s, self._build_row(s))
+                s += 1
+                if time.monotonic() > deadline:
+                    return bool(self.built[: self.num_states].all())
+            return True
+
+    def liveness_classes(self, horizon: int) -> np.ndarray | None:
+        """int64 [num_states]: a class id per state such that two states of one class die on
+        exactly the same byte strings of length <= `horizon` (so their token masks are equal);
+        None unless every state's row is built. Moore's partition refinement: round r splits
+        classes by the classes of their successors, giving equivalence up to r bytes; it stops
+        after `horizon` rounds or once stable. Rows are grouped by a random 64-bit hash and each
+        round is checked exactly (on a collision, every state is its own class)."""
+        n = self.num_states
+        if not self.built[:n].all():
+            return None
+        table = self.table[:n]
+        weights = np.random.default_rng(0).integers(1, 2**63, size=self.num_classes + 1, dtype=np.uint64)
+        block = np.zeros(n + 1, dtype=np.int64)  # index n (state -1, dead) keeps class -1
+        block[n] = -1
+        count = 1
+        for _ in range(horizon):
+            rows = np.concatenate([block[:n, None], block[table]], axis=1)  # [n, 1 + num_classes]
+            _, first, inverse = np.unique(rows.astype(np.uint64) @ weights, return_index=True, return_inverse=True)
+            if not (rows == rows[first[inverse]]).all():
+                return np.arange(n, dtype=np.int64)
+            block[:n] = inverse
+            if first.shape[0] == count:
+                break
+            count = first.shape[0]
+        return block[:n].copy()
 
     def row(self, state: int) -> np.ndarray:
         """The transition row of one state (built if needed)."""

@@ -2,21 +2,27 @@
 
 The mask of a DFA state is computed once by walking the whole token trie through the DFA
 (grammar/token_trie.py) and cached on the compiled regex, so the steady-state cost of
-`fill_bitmask` is a dict lookup and a copy into the buffer row.
+`fill_bitmask` is a dict lookup and a copy into the buffer row. `precompute` fills that cache at
+compile time, breadth-first from the start state within a time budget, in batched walks (much
+cheaper per state than one walk each); states beyond the budget are computed when first reached.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import numpy as np
 
 from .byte_dfa import ByteDFA
+from .errors import GrammarError
 from .matcher import CompiledGrammar, HistoryMatcher
 from .tokenizer_info import TokenizerInfo
 
 MAX_FORCED_BYTES = 4096
+PRECOMPUTE_FIRST_BATCH = 32  # states in the first batched walk of `precompute` (then sized by time)
+PRECOMPUTE_MAX_BATCH = 256  # bounds a batched walk's memory (batch x vocab bools)
 
 
 def complete_utf8_prefix(data: bytes) -> str:
@@ -46,6 +52,49 @@ class CompiledRegex(CompiledGrammar):
 
     def matcher(self) -> "RegexMatcher":
         return RegexMatcher(self)
+
+    def precompute(self, budget_s: float) -> int:
+        """Compute and cache the masks of the DFA's states (its horizon view's) breadth-first
+        from the start, until `budget_s` seconds have passed; returns how many are cached.
+
+        Rows are built first (at most half the budget). If that reaches every state, states
+        that die on the same strings up to the longest token's length share one mask
+        (`liveness_classes`), so only one state per class is walked (a JSON string has several
+        states alike for that look-ahead). Walks run in batches sized to the time left."""
+        if budget_s <= 0:
+            return len(self._masks)
+        now = time.monotonic()
+        deadline = now + budget_s
+        trie = self._info.trie
+        view = self.dfa.view(trie.max_depth)
+        try:
+            complete = view.build_reachable(now + budget_s / 2)
+        except GrammarError:  # too many states to build them all: the rest stays lazy
+            complete = False
+        states = np.array([s for s in range(view.num_states) if view.built[s] and s not in self._masks], dtype=np.int64)
+        classes = view.liveness_classes(trie.max_depth) if complete else None
+        classes = np.arange(view.num_states, dtype=np.int64) if classes is None else classes
+        _, first, inverse = np.unique(classes[states], return_index=True, return_inverse=True)
+        order = np.argsort(first)  # classes by their first state: breadth-first
+        by_class = np.argsort(inverse, kind="stable")
+        bounds = np.searchsorted(inverse[by_class], np.arange(first.shape[0] + 1))
+        done, size = 0, PRECOMPUTE_FIRST_BATCH
+        while done < order.shape[0]:
+            started = time.monotonic()
+            if started >= deadline:
+                break
+            chunk = order[done : done + size]
+            masks = trie.walk_many(view, states[first[chunk]])
+            masks.flags.writeable = False
+            with self._lock:
+                for c, mask in zip(chunk.tolist(), masks):
+                    for s in states[by_class[bounds[c] : bounds[c + 1]]].tolist():
+                        self._masks.setdefault(s, mask)
+            done += chunk.shape[0]
+            per_state = (time.monotonic() - started) / chunk.shape[0]
+            fits = (deadline - time.monotonic()) / max(per_state, 1e-6)
+            size = int(min(PRECOMPUTE_MAX_BATCH, 2 * size, max(1, fits)))  # states differ in cost: grow slowly
+        return len(self._masks)
 
     def state_mask(self, state: int) -> np.ndarray:
         """int32 [num_words]: tokens allowed in DFA state `state` (eos not included). Read-only.

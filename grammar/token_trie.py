@@ -2,11 +2,17 @@
 
 Nodes are numbered breadth-first (by depth, and in byte order within a depth; node 0 is the
 empty root), so the children of a node are the contiguous range [child_lo, child_hi). A walk
-runs the whole trie (or the subtrees below a lexeme boundary, see grammar/cfg_matcher.py)
-through a DFA one trie level per step: child state = table[parent state, class of its byte].
-Only children of live nodes are visited, so a restrictive state costs little, and a permissive
-level is processed as one contiguous slice. The whole cost of a cache miss is this walk; its
-results are cached by the callers.
+runs trie subtrees through a DFA (a ByteDFA or a Lexer, see grammar/lazy_table.py) frontier by
+frontier: child state = table[parent state, class of its byte]; only children of live nodes are
+visited, so a restrictive state costs little. A permissive state (inside a JSON string, nearly
+every byte leads back to the state itself) would make the walk visit the whole trie; instead a
+live node whose subtree uses only bytes that keep its state (`sub_bytes` against the DFA's
+`leave_bytes`) is taken whole: all its tokens are allowed and none of it is visited. Tokens are
+listed in the trie's depth-first order (`tok_order`), where the tokens of a subtree are one
+contiguous range, so such a subtree costs one range.
+
+Several walks (different start states of one DFA) run as one batch (`walk_many`), which shares
+the numpy per-call overhead: how a compiled constraint precomputes its masks.
 """
 
 from __future__ import annotations
@@ -36,7 +42,13 @@ class WalkResult:
 
 
 class TokenTrie:
-    """Flat-array trie over the non-special tokens of a vocabulary (breadth-first numbering)."""
+    """Flat-array trie over the non-special tokens of a vocabulary (breadth-first numbering).
+
+    Per node v: node_byte, node_depth, node_parent, children [child_lo, child_hi); its own
+    tokens (several when tokens share bytes) are tok_order[tok_lo[v]:own_hi[v]] and the tokens
+    of its whole subtree tok_order[tok_lo[v]:sub_hi[v]]; sub_bytes[v] (uint64 [4], a 256-bit
+    set) holds the bytes of its strict descendants.
+    """
 
     def __init__(self, token_bytes: Sequence[bytes | None]):
         self.vocab_size = len(token_bytes)
@@ -57,18 +69,33 @@ class TokenTrie:
         np.maximum.at(self.child_hi, self.node_parent[1:], child + 1)
         self.child_hi = np.maximum(self.child_hi, self.child_lo)
         self.child_lo = np.minimum(self.child_lo, self.child_hi)
-        # token -> node (-1: no bytes, i.e. special), and node -> its token (-1: none); tokens
-        # with identical bytes share a node, the extra ones are listed in dup_nodes/dup_tokens
-        self.token_node = np.where(token_node >= 0, new_id[np.maximum(token_node, 0)], -1)
-        tokens = np.nonzero(self.token_node >= 0)[0]
-        self.node_token = np.full(n, -1, dtype=np.int64)
-        self.node_token[self.token_node[tokens]] = tokens
-        duplicate = tokens[self.node_token[self.token_node[tokens]] != tokens]
-        self.dup_nodes = self.token_node[duplicate]
-        self.dup_tokens = duplicate
         self.max_depth = int(self.node_depth.max()) if n else 0
         bounds = np.searchsorted(self.node_depth, np.arange(self.max_depth + 2))
         self.levels = [(int(bounds[d]), int(bounds[d + 1])) for d in range(1, self.max_depth + 1)]
+        self._subtree_arrays(order, token_node)
+
+    def _subtree_arrays(self, preorder: np.ndarray, token_node: np.ndarray) -> None:
+        """tok_order, tok_lo / own_hi / sub_hi and sub_bytes (see the class docstring), from
+        preorder (node -> its depth-first position) and token_node (token -> the depth-first
+        position of its node, -1: none)."""
+        n = self.num_nodes
+        size = np.ones(n, dtype=np.int64)  # nodes in the subtree, the node included
+        bit = np.zeros((n, 4), dtype=np.uint64)
+        bit[np.arange(n), self.node_byte >> 6] = np.left_shift(np.uint64(1), (self.node_byte & 63).astype(np.uint64))
+        bit[0] = 0
+        sub = np.zeros((n, 4), dtype=np.uint64)
+        for lo, hi in reversed(self.levels):
+            np.add.at(size, self.node_parent[lo:hi], size[lo:hi])
+            np.bitwise_or.at(sub, self.node_parent[lo:hi], sub[lo:hi] | bit[lo:hi])
+        self.sub_bytes = sub
+        tokens = np.nonzero(token_node >= 0)[0]
+        pre = token_node[tokens]  # preorder position of each token's node
+        by_pre = np.lexsort((tokens, pre))
+        self.tok_order = tokens[by_pre]
+        tok_pre = pre[by_pre]
+        self.tok_lo = np.searchsorted(tok_pre, preorder, "left")
+        self.own_hi = np.searchsorted(tok_pre, preorder, "right")
+        self.sub_hi = np.searchsorted(tok_pre, preorder + size, "left")
 
     def walk(self, first_nodes: np.ndarray | None, dfa: LazyTable, start: int, boundaries: bool = False) -> WalkResult:
         """Walk the subtrees under `first_nodes` (None: the whole trie) through `dfa` (a
@@ -77,83 +104,85 @@ class TokenTrie:
         boundaries: report lexeme ends (needs `dfa.accept_group`: int [capacity + 1], -1 = the
         state ends no lexeme); False for a plain regex, whose end is the end of everything.
         """
-        alive: list[np.ndarray] = []  # live nodes, level by level
-        found: list[tuple[np.ndarray, np.ndarray]] | None = [] if boundaries else None
-        if first_nodes is None:
-            self._walk_levels(dfa, start, alive, found)
-        else:
-            self._walk_frontier(first_nodes, dfa, start, alive, found)
-        nodes = np.concatenate(alive) if alive else np.zeros(0, dtype=np.int64)
-        tokens = self.node_token[nodes]
+        nodes = self._roots(1) if first_nodes is None else np.asarray(first_nodes, dtype=np.int64)
+        prev = np.full(nodes.shape[0], start, dtype=np.int32)
+        lo, hi, _, found = self._walk(dfa, nodes, prev, None, boundaries)
         allowed = np.zeros(self.vocab_size, dtype=bool)
-        allowed[tokens[tokens >= 0]] = True
-        if self.dup_tokens.shape[0]:
-            allowed[self.dup_tokens[np.isin(self.dup_nodes, nodes)]] = True
+        count = hi - lo
+        allowed[self.tok_order[_expand(lo, count, int(count.sum()))]] = True
         packed = pack_bool_mask(allowed, self.num_words)
         if found:
-            b_nodes = np.concatenate([f[0] for f in found])
-            b_groups = np.concatenate([f[1] for f in found]).astype(np.int64)
-            return WalkResult(packed, b_nodes, b_groups)
+            return WalkResult(packed, np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found]))
         empty = np.zeros(0, dtype=np.int64)
         return WalkResult(packed, empty, empty)
 
-    def _walk_levels(self, dfa, start, alive, found) -> None:
-        """Whole-trie walk, one level at a time: a level where many nodes are live is processed
-        densely (one contiguous slice), a sparse one only at the children of live nodes."""
-        byte_class = dfa.byte_class
-        live = np.zeros(1, dtype=np.int64)  # live nodes of the previous level (the root) ...
-        live_state = np.full(1, start, dtype=np.int32)  # ... and their DFA states
-        prev_lo, prev_hi = 0, 1
-        for lo, hi in self.levels:
-            first = self.child_lo[live]
-            count = self.child_hi[live] - first
-            total = int(count.sum())
-            if total == 0:
-                return
-            table = dfa.ensure(live_state)
-            if 4 * total >= hi - lo:
-                prev_dense = np.full(prev_hi - prev_lo, -1, dtype=np.int32)
-                prev_dense[live - prev_lo] = live_state
-                nodes = None
-                prev = prev_dense[self.node_parent[lo:hi] - prev_lo]
-                nxt = table[prev, byte_class[self.node_byte[lo:hi]]]
-            else:
-                nodes = _expand(first, count, total)
-                prev = np.repeat(live_state, count)
-                nxt = table[prev, byte_class[self.node_byte[nodes]]]
-            ok = nxt >= 0
-            if found is not None:
-                group = dfa.accept_group[prev]
-                hit = ~ok & (group >= 0)
-                if hit.any():
-                    found.append((lo + np.flatnonzero(hit) if nodes is None else nodes[hit], group[hit]))
-            live = lo + np.flatnonzero(ok) if nodes is None else nodes[ok]
-            live_state = nxt[ok]
-            alive.append(live)
-            prev_lo, prev_hi = lo, hi
+    def walk_many(self, dfa: LazyTable, starts: np.ndarray) -> np.ndarray:
+        """int32 [len(starts), num_words]: the whole-trie mask of each start state of `dfa`
+        (a ByteDFA; no lexeme boundaries), computed in one batched walk."""
+        num = starts.shape[0]
+        roots = self._roots(num)
+        fan = roots.shape[0] // max(num, 1)
+        prev = np.repeat(starts.astype(np.int32), fan)
+        batch = np.repeat(np.arange(num, dtype=np.int64), fan)
+        lo, hi, which, _ = self._walk(dfa, roots, prev, batch, False)
+        count = hi - lo
+        total = int(count.sum())
+        tokens = self.tok_order[_expand(lo, count, total)]
+        allowed = np.zeros((num, self.num_words * 32), dtype=bool)
+        allowed[np.repeat(which, count), tokens] = True
+        return np.packbits(allowed, axis=1, bitorder="little").view("<i4").astype(np.int32, copy=False)
 
-    def _walk_frontier(self, frontier, dfa, start, alive, found) -> None:
-        """Walk of subtrees whose roots may sit at different depths: frontier by frontier."""
-        prev = np.full(frontier.shape[0], start, dtype=np.int32)
+    def _roots(self, copies: int) -> np.ndarray:
+        """The children of the root (the first trie level), `copies` times over."""
+        if not self.levels:
+            return np.zeros(0, dtype=np.int64)
+        lo, hi = self.levels[0]
+        return np.tile(np.arange(lo, hi, dtype=np.int64), copies)
+
+    def _walk(self, dfa, nodes, prev, batch, boundaries):
+        """Walk from candidate `nodes` (their bytes not yet taken) in DFA states `prev`, each of
+        walk `batch` (None: a single walk). Returns the token ranges allowed (lo, hi: int64 [R],
+        into tok_order), the walk of each range (int64 [R] or None) and, with `boundaries`, a
+        list of (nodes, groups) arrays where a lexeme ends."""
         byte_class = dfa.byte_class
-        while frontier.shape[0]:
+        los: list[np.ndarray] = []
+        his: list[np.ndarray] = []
+        which: list[np.ndarray] = []
+        found: list[tuple[np.ndarray, np.ndarray]] = []
+        while nodes.shape[0]:
             table = dfa.ensure(prev)
-            nxt = table[prev, byte_class[self.node_byte[frontier]]]
+            nxt = table[prev, byte_class[self.node_byte[nodes]]]
             ok = nxt >= 0
-            if found is not None:
+            if boundaries:
                 group = dfa.accept_group[prev]
                 hit = ~ok & (group >= 0)
                 if hit.any():
-                    found.append((frontier[hit], group[hit]))
-            live = frontier[ok]
-            alive.append(live)
-            first = self.child_lo[live]
-            count = self.child_hi[live] - first
+                    found.append((nodes[hit], group[hit].astype(np.int64)))
+            nodes = nodes[ok]
+            state = nxt[ok]
+            if batch is not None:
+                batch = batch[ok]
+            # a subtree that never leaves `state` is allowed whole and not visited
+            whole = ~(self.sub_bytes[nodes] & dfa.leave_bytes[state]).any(axis=1)
+            los.append(self.tok_lo[nodes])
+            his.append(np.where(whole, self.sub_hi[nodes], self.own_hi[nodes]))
+            if batch is not None:
+                which.append(batch)
+            open_ = ~whole
+            parents = nodes[open_]
+            first = self.child_lo[parents]
+            count = self.child_hi[parents] - first
             total = int(count.sum())
             if total == 0:
-                return
-            frontier = _expand(first, count, total)
-            prev = np.repeat(nxt[ok], count)
+                break
+            nodes = _expand(first, count, total)
+            prev = np.repeat(state[open_], count)
+            if batch is not None:
+                batch = np.repeat(batch[open_], count)
+        empty = np.zeros(0, dtype=np.int64)
+        lo = np.concatenate(los) if los else empty
+        hi = np.concatenate(his) if his else empty
+        return lo, hi, (np.concatenate(which) if which else empty) if batch is not None else None, found
 
 
 def _expand(first: np.ndarray, count: np.ndarray, total: int) -> np.ndarray:
