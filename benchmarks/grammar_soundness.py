@@ -1,273 +1,62 @@
-"""Soundness of JSON-schema constrained generation (acceptance 1).
+"""Soundness of JSON-schema constrained generation (acceptance 1 of issue 5).
 
 For every schema of the JSON-Schema-Test-Suite (draft 2020-12, required and optional tests) and of
 the JSONSchemaBench sample (one split per source), compile it and generate from it; every output
-must parse and validate (jsonschema, the schema's own draft, formats asserted). Per split it
-prints: schemas, compiled (regex / lark), sound (all samples valid and no invalid test instance
-accepted), samples (finished generations), cut (generations that hit --max-tokens first, not
-judged), invalid outputs, coverage of the valid test instances (serialized compactly, keys in
-schema order, as `json_schema_to_grammar` emits them), refused (GrammarError, by keyword).
+must parse and validate (jsonschema, the schema's own draft, default 2020-12, formats asserted).
+Per split it prints: schemas, compiled (regex / lark for lmlang), sound (every finished output
+valid, no generation stuck, no invalid test instance accepted), samples (finished generations),
+cut (generations that hit --max-tokens first, not judged), invalid outputs, stuck (the mask left
+no way to finish), coverage of the valid test instances (serialized compactly, keys in schema
+order, as `json_schema_to_grammar` emits them), refused (the engine rejected the schema; for
+lmlang a GrammarError, by keyword), timeout (over --timeout, peers only), errors (crashes).
 
 Modes:
-  --mode core    (default) lmlang.grammar.GrammarCompiler for a small byte-level BPE tokenizer;
-                 each generation samples under the token mask from random logits (temperature 1)
-                 until eos (fill_bitmask / accept), up to --max-tokens.
-  --mode static  no tokenizer: samples are drawn from the regex / lark text itself by a random
-                 walk (this checks the converter alone).
-  --mode engine  lmlang.runtime.Engine on a tiny random checkpoint, sampling_params
-                 {"json_schema": ..., "temperature": 1.0}.
+  --mode core    (default) lmlang.grammar.GrammarCompiler: each generation samples from random
+                 logits (temperature 1) under the token mask until eos (fill_bitmask / accept).
+  --mode static  no tokenizer: samples are random walks over the regex / lark text itself
+                 (this checks the converter alone).
+  --mode engine  lmlang.runtime.Engine on a tiny random llama checkpoint (one layer; its test
+                 tokenizer), sampling_params {"json_schema", "temperature": 1.0, "seed"}: the
+                 samples of a schema are one batched call, --concurrency schemas at a time.
+  --mode peer    --engine xgrammar | llguidance | outlines-core: the peer's own converter and
+                 token masks, sampled like core mode, in a worker process with --timeout
+                 seconds per schema (benchmarks/grammar_soundness_peers.py).
+Tokenizer (core and peer modes): --tokenizer test (lmlang.testing's 512-token byte-level BPE,
+the one the engine mode's checkpoint uses) or bench (benchmarks/bench_tokenizer.py, 32k).
 
-Usage: python benchmarks/grammar_soundness.py [--mode core] [--samples 20] [--limit N]
-       [--source suite|bench|all] [--seed 0] [--data /work/shared/data] [--show-failures 5]
+Usage: python benchmarks/grammar_soundness.py [--mode core] [--engine NAME] [--samples 20]
+       [--limit N] [--source suite|bench|all] [--seed 0] [--data DIR] [--out results.json]
+Data: --data, else $LMLANG_TEST_DATA, else ../shared/data next to the repository.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import functools
+import concurrent.futures
 import json
 import os
-import random
 import re
+import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-from jsonschema.validators import validator_for
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grammar_soundness_validate import ValidatorPool
+from grammar_soundness_walks import (  # noqa: F401
+    sample_ir,
+    sample_lark,
+    sample_regex,
+    schema_order_text,
+)
 
-try:
-    from re import _constants
-    from re import _parser as _sre_parser
-except ImportError:  # Python 3.10
-    import sre_constants as _constants
-    import sre_parse as _sre_parser
-
-DEFAULT_DATA = Path(os.environ.get("LMLANG_TEST_DATA", "/work/shared/data"))
-
-
-# ---- random walks over a regex (Python syntax) and over a lark grammar ----------------------
-
-_POOL = [chr(c) for c in range(0x20, 0x7F)] * 3 + list("\t\n\x01\x7féüßñ€中文日本語ア한😀🎉\u00a0\u2028\u200b\ufeff")
-_REPEATS = (_constants.MAX_REPEAT, _constants.MIN_REPEAT, getattr(_constants, "POSSESSIVE_REPEAT", None))
-
-
-@functools.lru_cache(maxsize=256)
-def _parse_regex(pattern: str):
-    return _sre_parser.parse(pattern)
-
-
-def sample_regex(pattern: str, rng: random.Random) -> str:
-    """A random string of the regex's language (a walk over Python's own parse of it)."""
-    out: list[str] = []
-    _emit(_parse_regex(pattern), rng, out)
-    return "".join(out)
-
-
-def _emit(items: Any, rng: random.Random, out: list[str]) -> None:
-    c = _constants
-    for op, av in items:
-        if op is c.LITERAL:
-            out.append(chr(av))
-        elif op is c.NOT_LITERAL:
-            out.append(_pick(rng, lambda ch, av=av: ord(ch) != av))
-        elif op is c.ANY:
-            out.append(_pick(rng, lambda ch: ch != "\n"))
-        elif op is c.IN:
-            out.append(_pick_in(av, rng))
-        elif op in _REPEATS:
-            lo, hi, sub = av
-            hi = lo + 6 if hi is c.MAXREPEAT else hi
-            for _ in range(min(hi, lo + int(rng.expovariate(0.7)))):
-                _emit(sub, rng, out)
-        elif op is c.SUBPATTERN:
-            _emit(av[-1], rng, out)
-        elif op is c.BRANCH:
-            _emit(rng.choice(av[1]), rng, out)
-        elif op is not c.AT:
-            raise ValueError(f"sampler: unsupported regex construct {op}")
-
-
-def _pick(rng: random.Random, ok) -> str:
-    for _ in range(1000):
-        ch = rng.choice(_POOL) if rng.random() < 0.9 else chr(rng.choice((rng.randrange(0x80, 0xD800), rng.randrange(0xE000, 0x110000))))
-        if ok(ch):
-            return ch
-    raise ValueError("sampler: no character found for a class")
-
-
-def _in_class(items: Any, ch: str) -> bool:
-    c = _constants
-    for op, av in items:
-        if op is c.LITERAL and ord(ch) == av or op is c.RANGE and av[0] <= ord(ch) <= av[1]:
-            return True
-        if op is c.CATEGORY and re.fullmatch({c.CATEGORY_DIGIT: r"\d", c.CATEGORY_WORD: r"\w", c.CATEGORY_SPACE: r"\s"}.get(av, r"\D"), ch):
-            return True
-    return False
-
-
-def _pick_in(items: Any, rng: random.Random) -> str:
-    c = _constants
-    if items and items[0][0] is c.NEGATE:
-        return _pick(rng, lambda ch: not _in_class(items[1:], ch))
-    op, av = rng.choice(items)
-    if op is c.LITERAL:
-        return chr(av)
-    if op is c.RANGE:
-        code = rng.randint(av[0], av[1])
-        return chr(code) if not 0xD800 <= code <= 0xDFFF else chr(av[0])
-    return _pick(rng, lambda ch: _in_class([(op, av)], ch))
-
-
-def sample_lark(parser: Any, rng: random.Random, max_depth: int = 12) -> str:
-    """A random string of a lark grammar (`lark.Lark` object), expanding rules at random and
-    taking the shortest way out below `max_depth`."""
-    rules: dict[str, list] = collections.defaultdict(list)
-    for rule in parser.rules:
-        rules[rule.origin.name].append([s for s in rule.expansion])
-    terminals = {t.name: t.pattern for t in parser.terminals}
-    height = _heights(rules)
-    out: list[str] = []
-
-    def expand(name: str, depth: int) -> None:
-        options = rules[name]
-        if depth > max_depth:
-            best = min(max((height.get(s.name, 0) for s in e), default=0) for e in options)
-            options = [e for e in options if max((height.get(s.name, 0) for s in e), default=0) == best]
-        for symbol in rng.choice(options):
-            if symbol.is_term:
-                pattern = terminals[symbol.name]
-                out.append(pattern.value if pattern.type == "str" else sample_regex(pattern.value, rng))
-            else:
-                expand(symbol.name, depth + 1)
-
-    expand("start", 0)
-    return "".join(out)
-
-
-def sample_ir(grammar: Any, rng: random.Random, max_depth: int = 12) -> str:
-    """A random string of a `json_schema_ir.Grammar` (the converter's IR, before rendering)."""
-    from lmlang.grammar.json_schema_ir import Alt, Lit, Pat, Ref, Rep, Seq
-
-    heights: dict[str, int] = {}
-
-    def height(node: Any) -> int:
-        if isinstance(node, (Lit, Pat)):
-            return 0
-        if isinstance(node, Ref):
-            return heights.get(node.name, 1 << 20) + 1
-        if isinstance(node, Rep):
-            return 0 if node.min == 0 else height(node.node)
-        if isinstance(node, Seq):
-            return max((height(p) for p in node.parts), default=0)
-        return min(height(o) for o in node.options)
-
-    for _ in range(len(grammar.rules) + 1):
-        for name, body in grammar.rules.items():
-            heights[name] = min(heights.get(name, 1 << 20), height(body))
-    out: list[str] = []
-
-    def walk(node: Any, depth: int) -> None:
-        if isinstance(node, Lit):
-            out.append(node.text)
-        elif isinstance(node, Pat):
-            out.append(sample_regex(node.regex, rng))
-        elif isinstance(node, Ref):
-            walk(grammar.rules[node.name], depth + 1)
-        elif isinstance(node, Seq):
-            for part in node.parts:
-                walk(part, depth)
-        elif isinstance(node, Alt):
-            options = node.options
-            if depth > max_depth:
-                best = min(height(o) for o in options)
-                options = [o for o in options if height(o) == best]
-            walk(rng.choice(options), depth)
-        else:
-            hi = node.min + 6 if node.max is None else node.max
-            count = node.min if depth > max_depth else min(hi, node.min + int(rng.expovariate(0.7)))
-            for _ in range(count):
-                walk(node.node, depth)
-
-    walk(grammar.root, 0)
-    return "".join(out)
-
-
-def _heights(rules: dict[str, list]) -> dict[str, int]:
-    height: dict[str, int] = {}
-    changed = True
-    while changed:
-        changed = False
-        for name, expansions in rules.items():
-            for e in expansions:
-                if all(s.is_term or s.name in height for s in e):
-                    h = 1 + max((height.get(s.name, 0) for s in e if not s.is_term), default=0)
-                    if h < height.get(name, 1 << 30):
-                        height[name] = h
-                        changed = True
-    return height
-
-
-# ---- test instances serialized the way the converter orders keys -----------------------------
-
-
-def schema_order_text(instance: Any, doc: Any, ensure_ascii: bool) -> str:
-    """Compact JSON of `instance` with object keys in schema order (properties, then required)."""
-    return json.dumps(_ordered(instance, [(doc.root, doc.root_base)], doc, 0), separators=(",", ":"), ensure_ascii=ensure_ascii)
-
-
-def _applicable(schemas: list, doc: Any) -> list:
-    out, stack, seen = [], list(schemas), set()
-    while stack:
-        schema, base = stack.pop(0)
-        if not isinstance(schema, dict) or id(schema) in seen:
-            continue
-        seen.add(id(schema))
-        out.append((schema, base))
-        base = doc.base_of(schema, base)
-        if isinstance(schema.get("$ref"), str):
-            try:
-                target, target_base, _ = doc.resolve(schema["$ref"], base, "#")
-                stack.append((target, target_base))
-            except ValueError:
-                pass
-        for keyword in ("allOf", "anyOf", "oneOf"):
-            stack += [(sub, base) for sub in schema.get(keyword, []) if isinstance(sub, dict)]
-    return out
-
-
-def _ordered(value: Any, schemas: list, doc: Any, depth: int) -> Any:
-    if depth > 50 or not isinstance(value, (dict, list)):
-        return value
-    applicable = _applicable(schemas, doc)
-    if isinstance(value, list):
-        out = []
-        for i, item in enumerate(value):
-            subs = []
-            for schema, base in applicable:
-                prefix = schema.get("prefixItems", schema.get("items") if isinstance(schema.get("items"), list) else [])
-                rest = schema.get("items") if isinstance(schema.get("items"), dict) else schema.get("additionalItems")
-                sub = prefix[i] if i < len(prefix) else rest
-                if sub is not None:
-                    subs.append((sub, base))
-            out.append(_ordered(item, subs, doc, depth + 1))
-        return out
-    order: list[str] = []
-    for schema, _ in applicable:
-        order += [k for k in schema.get("properties", {}) if k not in order]
-    for schema, _ in applicable:
-        order += [k for k in schema.get("required", []) if isinstance(k, str) and k not in order]
-    keys = [k for k in order if k in value] + [k for k in value if k not in order]
-    return {
-        k: _ordered(value[k], [(s["properties"][k], b) for s, b in applicable if k in s.get("properties", {})], doc, depth + 1)
-        for k in keys
-    }
-
-
-# ---- the benchmark ---------------------------------------------------------------------------
+DEFAULT_DATA = Path(os.environ.get("LMLANG_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+PROMPT = "JSON:"
+NOT_UTF8 = "<not UTF-8"
 
 
 @dataclass
@@ -279,19 +68,44 @@ class Case:
 
 
 @dataclass
+class Outcome:
+    """What a generator did with one schema. status: "ok" | "refused" | "timeout" | "error";
+    samples: (status "done" | "cut" | "stuck: ...", text or None); answers: per instance text,
+    whether it is accepted (None: not checked)."""
+
+    status: str
+    detail: str = ""
+    kind: str = ""
+    answers: list = field(default_factory=list)
+    samples: list = field(default_factory=list)
+
+
+@dataclass
 class SplitStats:
     schemas: int = 0
     regex: int = 0
     lark: int = 0
+    compiled: int = 0
     sound: int = 0
     samples: int = 0
-    unfinished: int = 0
+    cut: int = 0
     invalid_outputs: int = 0
+    not_utf8: int = 0
+    unjudged: int = 0
+    stuck: int = 0
     invalid_instances_accepted: int = 0
     valid_instances: int = 0
     valid_instances_accepted: int = 0
+    timeouts: int = 0
     refused: collections.Counter = field(default_factory=collections.Counter)
     errors: collections.Counter = field(default_factory=collections.Counter)
+
+    def merge(self, other: SplitStats) -> None:
+        for name, value in vars(other).items():
+            if isinstance(value, collections.Counter):
+                getattr(self, name).update(value)
+            else:
+                setattr(self, name, getattr(self, name) + value)
 
 
 def load_cases(data: Path, source: str, limit: int | None) -> list[Case]:
@@ -311,6 +125,8 @@ def load_cases(data: Path, source: str, limit: int | None) -> list[Case]:
             by_split[bench_split(path.name)].append(Case(bench_split(path.name), path.name, entry["schema"], entry.get("tests", [])))
         for split in sorted(by_split):
             cases += by_split[split][:limit] if limit else by_split[split]
+    if not cases:
+        raise FileNotFoundError(f"no schemas under {data} (set --data or LMLANG_TEST_DATA)")
     return cases
 
 
@@ -329,91 +145,174 @@ def refusal_keyword(message: str) -> str:
     return m.group(1) if m else message[:30]
 
 
-class CoreGenerator:
-    """Random-logit sampling under lmlang.grammar token masks for a tiny byte-level tokenizer."""
+def lmlang_refusal(schema: Any) -> tuple[str, str | None]:
+    """(kind "regex" | "lark", None) if lmlang's converter takes the schema, else ("", keyword)."""
+    from lmlang.grammar.errors import GrammarError
+    from lmlang.grammar.json_schema import json_schema_to_grammar
 
-    def __init__(self, max_tokens: int, seed: int):
-        import tempfile
+    try:
+        return json_schema_to_grammar(schema)[0], None
+    except GrammarError as e:
+        return "", refusal_keyword(str(e))
 
-        import numpy as np
-        from lmlang.grammar import (
-            GrammarCompiler,
-            TokenizerInfo,
-            allocate_bitmask,
-            bitmask_to_bool,
-        )
-        from transformers import AutoTokenizer
 
+def load_tokenizer(name: str) -> tuple[Any, str]:
+    """(transformers tokenizer, its directory): "test" (512 tokens) or "bench" (32k)."""
+    from transformers import AutoTokenizer
+
+    if name == "test":
         from lmlang.testing.tokenizer import make_tokenizer
 
-        path = tempfile.mkdtemp(prefix="lmlang-tok-")
-        make_tokenizer(path)
-        self.info = TokenizerInfo.from_huggingface(AutoTokenizer.from_pretrained(path))
+        path = make_tokenizer(tempfile.mkdtemp(prefix="lmlang-tok-"))
+    else:
+        from bench_tokenizer import bench_tokenizer_dir
+
+        path = str(bench_tokenizer_dir())
+    return AutoTokenizer.from_pretrained(path), path
+
+
+class TextDecoder:
+    """Token ids -> text as the constraint engines see tokens: eos dropped, a special token other
+    than eos as its literal text; text that is not UTF-8 is reported, not repaired."""
+
+    def __init__(self, hf_tokenizer: Any, eos: int):
+        from lmlang.grammar import TokenizerInfo
+
+        self.eos = eos
+        self.table = TokenizerInfo.from_huggingface(hf_tokenizer).token_bytes
+        for i, b in enumerate(self.table):
+            if b is None:
+                self.table[i] = hf_tokenizer.convert_ids_to_tokens(i).encode()
+
+    def sample(self, token_ids: list[int], status: str) -> tuple[str, str | None]:
+        if status != "done":
+            return status, None
+        try:
+            return "done", b"".join(self.table[t] for t in token_ids if t != self.eos).decode("utf-8")
+        except UnicodeDecodeError as e:
+            return "done", f"{NOT_UTF8}: {e}>"
+
+
+class CoreGenerator:
+    """Random-logit sampling under lmlang.grammar token masks."""
+
+    concurrency = 1
+
+    def __init__(self, args: argparse.Namespace):
+        import numpy as np
+        from lmlang.grammar import GrammarCompiler, TokenizerInfo, allocate_bitmask
+
+        hf_tokenizer, _ = load_tokenizer(args.tokenizer)
+        self.info = TokenizerInfo.from_huggingface(hf_tokenizer)
+        self.decoder = TextDecoder(hf_tokenizer, hf_tokenizer.eos_token_id)
         self.compiler = GrammarCompiler(self.info, cache_size=0)
-        self.np, self.rng = np, np.random.default_rng(seed)
+        self.rng = np.random.default_rng(args.seed)
         self.buf = allocate_bitmask(1, self.info.vocab_size)
-        self.to_bool = bitmask_to_bool
-        self.max_tokens = max_tokens
+        self.max_tokens = args.max_tokens
 
-    def prepare(self, schema: Any) -> Any:
-        return self.compiler.compile_json_schema(schema)
+    def run(self, schema: Any, texts: list[str], samples: int) -> Outcome:
+        from lmlang.grammar.errors import GrammarError
 
-    def accepts(self, compiled: Any, text: str) -> bool | None:
-        matcher = compiled.matcher()
-        return matcher.accept_text(text) and matcher.can_terminate()
+        kind, refused = lmlang_refusal(schema)
+        if refused:
+            return Outcome("refused", refused)
+        try:
+            compiled = self.compiler.compile_json_schema(schema)
+        except GrammarError as e:
+            return Outcome("error", f"compile: {str(e)[:60]}")
+        answers = []
+        for text in texts:
+            matcher = compiled.matcher()
+            answers.append(matcher.accept_text(text) and matcher.can_terminate())
+        return Outcome("ok", kind=kind, answers=answers, samples=[self._generate(compiled) for _ in range(samples)])
 
-    def generate(self, compiled: Any) -> str | None:
-        """One generation; None if it hit max_tokens before eos."""
-        np, matcher, tokens = self.np, compiled.matcher(), []
+    def _generate(self, compiled: Any) -> tuple[str, str | None]:
+        from grammar_soundness_peers import bits_to_ids, sample_token
+
+        matcher, tokens = compiled.matcher(), []
         while not matcher.is_done():
             if len(tokens) >= self.max_tokens:
-                return None
+                return "cut", None
             matcher.fill_bitmask(self.buf, 0)
-            allowed = np.flatnonzero(self.to_bool(self.buf, 0, self.info.vocab_size))
-            logits = self.rng.standard_normal(len(allowed))
-            probs = np.exp(logits - logits.max())
-            token = int(self.rng.choice(allowed, p=probs / probs.sum()))
+            allowed = bits_to_ids(self.buf[0], self.info.vocab_size)
+            if len(allowed) == 0:
+                return "stuck: empty mask before the output could end", None
+            token = sample_token(self.rng, allowed)
             if not matcher.accept(token):
-                raise AssertionError(f"matcher refused token {token} that its mask allowed")
+                return f"stuck: matcher refused token {token} that its mask allowed", None
             tokens.append(token)
-        return self.info.decode(tokens).decode("utf-8", errors="replace")
+        return self.decoder.sample(tokens, "done")
 
     def close(self) -> None:
         pass
 
 
 class EngineGenerator:
-    """lmlang.runtime.Engine on a tiny random checkpoint, json_schema sampling at temperature 1;
-    test instances are checked as in static mode."""
+    """lmlang.runtime.Engine on a tiny random checkpoint; a schema's samples are one batched
+    `generate` call with a seed per sample. Test instances are not re-checked (core mode does)."""
 
-    def __init__(self, max_tokens: int, seed: int):
-        import tempfile
-
+    def __init__(self, args: argparse.Namespace):
         from lmlang.runtime import Engine
+        from transformers import AutoTokenizer
 
         from lmlang.testing import make_tiny_checkpoint
 
-        path = make_tiny_checkpoint(tempfile.mkdtemp(prefix="lmlang-ckpt-"), "llama")
-        self.engine = Engine(model_path=path)
-        self.static = StaticGenerator(max_tokens, seed)
-        self.max_tokens, self.seed = max_tokens, seed
+        path = make_tiny_checkpoint(tempfile.mkdtemp(prefix="lmlang-ckpt-"), "llama", num_hidden_layers=1)
+        self.concurrency = args.concurrency
+        running = max(1, self.concurrency * args.samples)
+        self.engine = Engine(model_path=path, max_running_requests=running, max_total_tokens=running * (args.max_tokens + 16))
+        hf_tokenizer = AutoTokenizer.from_pretrained(path)
+        self.decoder = TextDecoder(hf_tokenizer, hf_tokenizer.eos_token_id)
+        self.max_tokens = min(args.max_tokens, self.engine.context_length - len(hf_tokenizer.encode(PROMPT)))
+        self.seed = args.seed
 
-    def prepare(self, schema: Any) -> Any:
-        return schema, self.static.prepare(schema)
-
-    def accepts(self, prepared: Any, text: str) -> bool | None:
-        return self.static.accepts(prepared[1], text)
-
-    def generate(self, prepared: Any) -> str | None:
-        self.seed += 1
-        params = {"json_schema": json.dumps(prepared[0]), "temperature": 1.0, "max_new_tokens": self.max_tokens, "seed": self.seed}
-        out = self.engine.generate("JSON:", sampling_params=params)
-        if (out.get("meta_info", {}).get("finish_reason") or {}).get("type") == "length":
-            return None
-        return out["text"]
+    def run(self, schema: Any, texts: list[str], samples: int) -> Outcome:
+        kind, refused = lmlang_refusal(schema)
+        if refused:
+            return Outcome("refused", refused)
+        params = [{"json_schema": json.dumps(schema), "temperature": 1.0, "max_new_tokens": self.max_tokens,
+                   "seed": self.seed * 1_000_003 + i} for i in range(samples)]
+        try:
+            outs = self.engine.generate([PROMPT] * samples, params)
+        except ValueError as e:
+            return Outcome("error", f"engine: {str(e)[:60]}")
+        results = []
+        for out in outs:
+            finish = out["meta_info"]["finish_reason"]["type"]
+            status, text = self.decoder.sample(out["output_ids"], "done" if finish == "stop" else "cut")
+            if text is not None and text != out["text"]:
+                text = f"<text {out['text']!r} differs from its decoded tokens {text!r}>"
+            results.append((status, text))
+        return Outcome("ok", kind=kind, samples=results)
 
     def close(self) -> None:
         self.engine.shutdown()
+
+
+class PeerGenerator:
+    """A peer engine (benchmarks/grammar_soundness_peers.py) in a worker process."""
+
+    concurrency = 1
+
+    def __init__(self, args: argparse.Namespace):
+        from grammar_soundness_peers import PeerPool
+
+        if not args.engine:
+            raise SystemExit("--mode peer needs --engine xgrammar | llguidance | outlines-core")
+        hf_tokenizer, path = load_tokenizer(args.tokenizer)
+        self.decoder = TextDecoder(hf_tokenizer, hf_tokenizer.eos_token_id)
+        self.pool = PeerPool(args.engine, path, hf_tokenizer.eos_token_id, args.timeout)
+        self.max_tokens, self.seed = args.max_tokens, args.seed
+
+    def run(self, schema: Any, texts: list[str], samples: int) -> Outcome:
+        self.seed += 1
+        result = self.pool.run(schema, samples, self.max_tokens, self.seed, texts)
+        if result[0] != "ok":
+            return Outcome(result[0], result[1])
+        return Outcome("ok", answers=result[1], samples=[self.decoder.sample(ids, status) for ids, status in result[2]])
+
+    def close(self) -> None:
+        self.pool.close()
 
 
 class StaticGenerator:
@@ -422,154 +321,230 @@ class StaticGenerator:
     grammars small enough for it: it needs minutes on the largest)."""
 
     LARK_CHECK_CHARS = 20_000
+    concurrency = 1
 
-    def __init__(self, max_tokens: int, seed: int):
-        self.rng = random.Random(seed)
+    def __init__(self, args: argparse.Namespace):
+        import random
 
-    def prepare(self, schema: Any) -> Any:
-        from lmlang.grammar.json_schema import json_schema_to_grammar, json_schema_to_ir
+        self.rng = random.Random(args.seed)
 
-        kind, source = json_schema_to_grammar(schema)
-        if kind == "regex":
-            return kind, source, re.compile(source)
+    def run(self, schema: Any, texts: list[str], samples: int) -> Outcome:
         import lark
+        from lmlang.grammar.json_schema import json_schema_to_ir
 
-        small = len(source) <= self.LARK_CHECK_CHARS
-        return kind, json_schema_to_ir(schema), lark.Lark(source, parser="earley", lexer="dynamic_complete") if small else None
-
-    def accepts(self, prepared: Any, text: str) -> bool | None:
-        kind, _, checker = prepared
+        kind, refused = lmlang_refusal(schema)
+        if refused:
+            return Outcome("refused", refused)
+        grammar = json_schema_to_ir(schema)
         if kind == "regex":
-            return checker.fullmatch(text) is not None
-        if checker is None:
-            return None
-        import lark
-
-        try:
-            checker.parse(text)
-            return True
-        except lark.exceptions.LarkError:
-            return False
-
-    def generate(self, prepared: Any) -> str | None:
-        kind, source, _ = prepared
-        return sample_regex(source, self.rng) if kind == "regex" else sample_ir(source, self.rng)
+            pattern = grammar.to_regex()
+            checker = re.compile(pattern)
+            answers = [checker.fullmatch(t) is not None for t in texts]
+            return Outcome("ok", kind=kind, answers=answers, samples=[("done", sample_regex(pattern, self.rng)) for _ in range(samples)])
+        source = grammar.to_lark()
+        parser = lark.Lark(source, parser="earley", lexer="dynamic_complete") if len(source) <= self.LARK_CHECK_CHARS else None
+        answers = [None if parser is None else _lark_accepts(parser, t) for t in texts]
+        return Outcome("ok", kind=kind, answers=answers, samples=[("done", sample_ir(grammar, self.rng)) for _ in range(samples)])
 
     def close(self) -> None:
         pass
 
 
-def is_valid(validator: Any, text: str) -> bool:
+def _lark_accepts(parser: Any, text: str) -> bool:
+    import lark
+
     try:
-        return validator.is_valid(json.loads(text))
-    except (ValueError, RecursionError):
+        parser.parse(text)
+        return True
+    except lark.exceptions.LarkError:
         return False
 
 
-def run_case(case: Case, generator: Any, samples: int, stats: SplitStats, failures: list) -> None:
+GENERATORS = {"core": CoreGenerator, "static": StaticGenerator, "engine": EngineGenerator, "peer": PeerGenerator}
+
+
+def instance_texts(case: Case) -> list[tuple[bool, set[str]]]:
+    """Per test instance: (valid, its compact schema-order serializations, ASCII and not); none
+    for a schema lmlang cannot read (its instances are then not checked)."""
     from lmlang.grammar.errors import GrammarError
-    from lmlang.grammar.json_schema import json_schema_to_grammar
     from lmlang.grammar.json_schema_document import SchemaDocument
 
-    stats.schemas += 1
     try:
-        kind, _ = json_schema_to_grammar(case.schema)
-    except GrammarError as e:
-        stats.refused[refusal_keyword(str(e))] += 1
-        return
-    try:
-        prepared = generator.prepare(case.schema)
-    except GrammarError as e:
-        stats.errors[f"core: {str(e)[:60]}"] += 1
-        return
-    setattr(stats, kind, getattr(stats, kind) + 1)
-    cls = validator_for(case.schema, default=jsonschema.Draft202012Validator)
-    validator = cls(case.schema, format_checker=cls.FORMAT_CHECKER)
-    sound = True
-    doc = SchemaDocument(case.schema)
-    for test in case.tests:
-        texts = {schema_order_text(test["data"], doc, ensure_ascii) for ensure_ascii in (False, True)}
-        answers = [generator.accepts(prepared, t) for t in texts]
+        doc = SchemaDocument(case.schema)
+    except GrammarError:
+        return []
+    return [(t["valid"], {schema_order_text(t["data"], doc, ascii_only) for ascii_only in (False, True)}) for t in case.tests]
+
+
+def run_case(case: Case, generator: Any, samples: int, check_instances: bool, validators: ValidatorPool) -> tuple[SplitStats, list]:
+    """One schema through `generator`: its statistics (one schema's worth) and failures."""
+    stats, failures = SplitStats(schemas=1), []
+    instances = instance_texts(case) if check_instances else []
+    texts = sorted({t for _, group in instances for t in group})
+    outcome = generator.run(case.schema, texts, samples)
+    if outcome.status == "refused":
+        stats.refused[outcome.detail] += 1
+        return stats, failures
+    if outcome.status == "timeout":
+        stats.timeouts += 1
+        return stats, failures
+    if outcome.status == "error":
+        stats.errors[outcome.detail] += 1
+        return stats, failures
+    stats.compiled = 1
+    if outcome.kind:
+        setattr(stats, outcome.kind, 1)
+    answer_of = dict(zip(texts, outcome.answers))
+    for valid, group in instances:
+        answers = [answer_of.get(t) for t in group]
         if None in answers:
             continue
-        hit = any(answers)
-        if test["valid"]:
+        if valid:
             stats.valid_instances += 1
-            stats.valid_instances_accepted += hit
-        elif hit:
+            stats.valid_instances_accepted += any(answers)
+        elif any(answers):
             stats.invalid_instances_accepted += 1
-            sound = False
-            failures.append((case.split, case.name, "accepted an invalid test instance", min(texts)))
-    for _ in range(samples):
-        text = generator.generate(prepared)
-        if text is None:
-            stats.unfinished += 1
-            continue
-        stats.samples += 1
-        if not is_valid(validator, text):
-            stats.invalid_outputs += 1
-            sound = False
-            failures.append((case.split, case.name, "generated an invalid output", text))
-    stats.sound += sound
+            failures.append((case.split, case.name, "accepted an invalid test instance", min(group)))
+    for status, text in outcome.samples:
+        if status == "cut":
+            stats.cut += 1
+        elif status != "done":
+            stats.stuck += 1
+            failures.append((case.split, case.name, status, ""))
+        else:
+            verdict = validators.validate((case.split, case.name), case.schema, text)
+            if verdict is None or isinstance(verdict, str):
+                stats.unjudged += 1
+                failures.append((case.split, case.name, verdict or "validation timed out", text))
+                continue
+            stats.samples += 1
+            if not verdict:
+                stats.invalid_outputs += 1
+                stats.not_utf8 += text.startswith(NOT_UTF8)
+                failures.append((case.split, case.name, "generated an invalid output", text))
+    stats.sound = int(not (stats.invalid_outputs or stats.stuck or stats.invalid_instances_accepted))
+    return stats, failures
+
+
+def run_all(cases: list[Case], generator: Any, samples: int, check_instances: bool, validators: ValidatorPool,
+            progress: bool) -> tuple[dict, list]:
+    """Every case, `generator.concurrency` at a time; per-split statistics and all failures."""
+    results: dict[str, SplitStats] = {}
+    failures: list = []
+
+    def one(case: Case) -> tuple[SplitStats, list]:
+        try:
+            return run_case(case, generator, samples, check_instances, validators)
+        except Exception as e:  # noqa: BLE001 (a crash is a finding, not the end of the run)
+            return SplitStats(schemas=1, errors=collections.Counter({f"{type(e).__name__}: {str(e)[:60]}": 1})), []
+
+    for case in cases:
+        results.setdefault(case.split, SplitStats())
+    pool = concurrent.futures.ThreadPoolExecutor(generator.concurrency) if generator.concurrency > 1 else None
+    start = time.time()
+    try:
+        for i, (case, (stats, fails)) in enumerate(zip(cases, pool.map(one, cases) if pool else map(one, cases))):
+            results[case.split].merge(stats)
+            failures += fails
+            if progress and (i + 1) % 100 == 0:
+                print(f"  {i + 1}/{len(cases)} schemas, {time.time() - start:.0f}s", file=sys.stderr, flush=True)
+    finally:
+        if pool:
+            pool.shutdown()
+    return results, failures
+
+
+def _with_total(results: dict[str, SplitStats]) -> list[tuple[str, SplitStats]]:
+    total = SplitStats()
+    for s in results.values():
+        total.merge(s)
+    return list(results.items()) + [("TOTAL", total)]
 
 
 def print_table(results: dict[str, SplitStats]) -> None:
     header = (
-        f"{'split':<18}{'schemas':>8}{'compiled':>9}{'(regex/lark)':>13}{'sound':>7}{'samples':>8}{'cut':>5}"
-        f"{'invalid':>8}{'cover':>7}  refused (top keywords)"
+        f"{'split':<18}{'schemas':>8}{'compiled':>9}{'(regex/lark)':>13}{'sound':>7}{'samples':>8}{'cut':>6}"
+        f"{'invalid':>8}{'stuck':>6}{'cover':>7}{'timeout':>8}  refused (top keywords)"
     )
     print(header)
     print("-" * len(header))
-    total = SplitStats()
-    for split, s in list(results.items()) + [("TOTAL", total)]:
-        if split != "TOTAL":
-            for f in ("schemas", "regex", "lark", "sound", "samples", "unfinished", "invalid_outputs", "invalid_instances_accepted", "valid_instances", "valid_instances_accepted"):
-                setattr(total, f, getattr(total, f) + getattr(s, f))
-            total.refused.update(s.refused)
-            total.errors.update(s.errors)
-        compiled = s.regex + s.lark
+    for split, s in _with_total(results):
         cover = f"{100 * s.valid_instances_accepted / s.valid_instances:.0f}%" if s.valid_instances else "-"
-        refused = sum(s.refused.values())
         top = ", ".join(f"{k} {v}" for k, v in s.refused.most_common(4))
         errors = sum(s.errors.values())
         print(
-            f"{split:<18}{s.schemas:>8}{compiled:>9}{f'({s.regex}/{s.lark})':>13}{s.sound:>7}{s.samples:>8}{s.unfinished:>5}"
-            f"{s.invalid_outputs:>8}{cover:>7}  {refused}: {top}" + (f"  [errors {errors}]" if errors else "")
+            f"{split:<18}{s.schemas:>8}{s.compiled:>9}{f'({s.regex}/{s.lark})':>13}{s.sound:>7}{s.samples:>8}{s.cut:>6}"
+            f"{s.invalid_outputs:>8}{s.stuck:>6}{cover:>7}{s.timeouts:>8}  {sum(s.refused.values())}: {top}"
+            + (f"  [errors {errors}]" if errors else "")
         )
+    total = _with_total(results)[-1][1]
     if total.errors:
         print("errors:", dict(total.errors.most_common(8)))
-    print(f"invalid test instances accepted: {total.invalid_instances_accepted}")
+    print(f"invalid test instances accepted: {total.invalid_instances_accepted}; finished outputs not judged "
+          f"(validator over its time limit, or failing): {total.unjudged}")
+
+
+def markdown_table(results: dict[str, SplitStats]) -> str:
+    """The per-split table for BENCHMARKS.md."""
+    lines = [
+        "| split | schemas | compiled | sound | outputs judged | cut | invalid (not UTF-8) | stuck | refused | timeout | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for split, s in _with_total(results):
+        name = f"**{split.lower()}**" if split == "TOTAL" else split
+        lines.append(
+            f"| {name} | {s.schemas:,} | {s.compiled:,} | {s.sound:,} | {s.samples:,} | {s.cut:,} | {s.invalid_outputs} ({s.not_utf8}) | "
+            f"{s.stuck} | {sum(s.refused.values())} | {s.timeouts} | {sum(s.errors.values())} |"
+        )
+    total = _with_total(results)[-1][1]
+    if total.unjudged:
+        lines.append(f"\n{total.unjudged} finished outputs were not judged (validator over its time limit, or failing).")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, SplitStats]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", choices=("core", "static", "engine"), default="core")
+    parser.add_argument("--mode", choices=sorted(GENERATORS), default="core")
+    parser.add_argument("--engine", default=None, help="peer mode: xgrammar | llguidance | outlines-core")
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--limit", type=int, default=None, help="schemas per split")
     parser.add_argument("--source", choices=("suite", "bench", "all"), default="all")
-    parser.add_argument("--max-tokens", type=int, default=2000)
+    parser.add_argument("--max-tokens", type=int, default=2000, help="per generation (engine: at most the context)")
+    parser.add_argument("--tokenizer", choices=("test", "bench"), default="test", help="core and peer modes")
+    parser.add_argument("--concurrency", type=int, default=8, help="engine mode: schemas in flight")
+    parser.add_argument("--timeout", type=float, default=60.0, help="peer mode: seconds per schema")
+    parser.add_argument("--validate-timeout", type=float, default=10.0, help="seconds per output")
+    parser.add_argument("--no-instances", action="store_true", help="skip the test-instance checks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--show-failures", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None, help="write the per-split figures as JSON")
+    parser.add_argument("--progress", action="store_true", help="progress lines on stderr")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
-    generator = {"core": CoreGenerator, "static": StaticGenerator, "engine": EngineGenerator}[args.mode](args.max_tokens, args.seed)
-    results: dict[str, SplitStats] = {}
-    failures: list = []
+    cases = load_cases(args.data, args.source, args.limit)
     start = time.time()
+    validators = ValidatorPool(args.validate_timeout)
+    generator = GENERATORS[args.mode](args)
     try:
-        for case in load_cases(args.data, args.source, args.limit):
-            stats = results.setdefault(case.split, SplitStats())
-            try:
-                run_case(case, generator, args.samples, stats, failures)
-            except Exception as e:  # noqa: BLE001 (a crash is a finding, not the end of the run)
-                stats.errors[f"{type(e).__name__}: {str(e)[:60]}"] += 1
+        check = not args.no_instances and args.mode != "engine"
+        results, failures = run_all(cases, generator, args.samples, check, validators, args.progress)
     finally:
         generator.close()
-    print(f"mode={args.mode} samples={args.samples} limit={args.limit} seed={args.seed} ({time.time() - start:.0f}s)")
+        validators.close()
+    wall = time.time() - start
+    label = args.mode + (f" {args.engine}" if args.engine else "")
+    print(f"mode={label} tokenizer={args.tokenizer if args.mode != 'engine' else 'test (checkpoint)'} samples={args.samples} "
+          f"max_tokens={args.max_tokens} limit={args.limit} seed={args.seed} ({wall:.0f}s)")
     print_table(results)
     for failure in failures[: args.show_failures]:
         print("FAIL", *failure)
+    print()
+    print(markdown_table(results))
+    if args.out:
+        payload = {"mode": label, "args": {k: str(v) for k, v in vars(args).items()}, "wall_s": wall,
+                   "splits": {k: dict(vars(v)) for k, v in results.items()}, "failures": failures[:200]}
+        args.out.write_text(json.dumps(payload, indent=1, ensure_ascii=False))
     return results
 
 
