@@ -17,10 +17,11 @@ Training: the test tokenizer and the `TINY_ARCHS` row's config (caller's overrid
 transformers' own initialisation, AdamW with a linear warm-up and cosine decay, random windows
 of `seq_len` tokens. The loss adds relu(|logit| - `logit_bound`)^2, summed over the vocabulary
 and averaged over positions. Softmax does not care where its logits sit, so this costs the model
-little (a top token can still reach p = 0.9997 at bound 6) but keeps every logit within about
-`logit_bound` of zero, where bf16 rounds a logit to a multiple of 1/32 (1/16 from 8 up to 16): a
-bf16 engine and a bf16 reference that round a logit to neighbouring values then still agree
-within a few hundredths, as a 5e-2 logprob bar needs.
+little (a top token can still reach p = 0.85 at bound 4) but keeps every logit within about
+`logit_bound` of zero. bf16's errors are relative, so the logprob errors of a bf16 forward scale
+with the logits' range: at bound 4 a bf16 forward and a differently rounded one (transformers'
+eager and SDPA attention, on CPU) agreed within 0.044 on prompt logprobs at trained positions, at
+bound 6 within 0.055 (worst of 4,047 held-out tokens), as a 5e-2 logprob bar needs.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def train_tiny_checkpoint(
     batch_size: int = 16,
     seq_len: int = 1024,
     lr: float = 2e-3,
-    logit_bound: float = 6.0,
+    logit_bound: float = 4.0,
     log_every: Optional[int] = None,
     **config_overrides: Any,
 ) -> str:
