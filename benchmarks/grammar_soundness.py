@@ -364,7 +364,8 @@ GENERATORS = {"core": CoreGenerator, "static": StaticGenerator, "engine": Engine
 
 
 def instance_texts(case: Case) -> list[tuple[bool, set[str]]]:
-    """Per test instance: (valid, its compact schema-order serializations, ASCII and not); none
+    """Per test instance: (valid, its compact schema-order serializations: ASCII or not, keys in
+    the order of all anyOf/oneOf branches or of the branch the value satisfies); none
     for a schema lmlang cannot read (its instances are then not checked)."""
     from lmlang.grammar.errors import GrammarError
     from lmlang.grammar.json_schema_document import SchemaDocument
@@ -373,7 +374,10 @@ def instance_texts(case: Case) -> list[tuple[bool, set[str]]]:
         doc = SchemaDocument(case.schema)
     except GrammarError:
         return []
-    return [(t["valid"], {schema_order_text(t["data"], doc, ascii_only) for ascii_only in (False, True)}) for t in case.tests]
+    return [
+        (t["valid"], {schema_order_text(t["data"], doc, ascii_only, branch) for ascii_only in (False, True) for branch in (False, True)})
+        for t in case.tests
+    ]
 
 
 def run_case(case: Case, generator: Any, samples: int, check_instances: bool, validators: ValidatorPool) -> tuple[SplitStats, list]:

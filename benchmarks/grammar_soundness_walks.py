@@ -4,7 +4,7 @@ them: helpers of benchmarks/grammar_soundness.py (static mode, instance checks) 
     sample_regex(pattern, rng)      a random string of a regex (Python syntax)
     sample_lark(parser, rng)        a random string of a `lark.Lark` grammar
     sample_ir(grammar, rng)         a random string of a `json_schema_ir.Grammar`
-    schema_order_text(instance, doc, ensure_ascii)   compact JSON, object keys in schema order
+    schema_order_text(instance, doc, ensure_ascii, branch_order)   compact JSON, keys in schema order
 """
 
 from __future__ import annotations
@@ -188,12 +188,16 @@ def _heights(rules: dict[str, list]) -> dict[str, int]:
 # ---- test instances serialized the way the converter orders keys -----------------------------
 
 
-def schema_order_text(instance: Any, doc: Any, ensure_ascii: bool) -> str:
-    """Compact JSON of `instance` with object keys in schema order (properties, then required)."""
-    return json.dumps(_ordered(instance, [(doc.root, doc.root_base)], doc, 0), separators=(",", ":"), ensure_ascii=ensure_ascii)
+def schema_order_text(instance: Any, doc: Any, ensure_ascii: bool, branch_order: bool = False) -> str:
+    """Compact JSON of `instance` with object keys in schema order (properties, then required),
+    the order the converter emits them in. Keys named by anyOf/oneOf branches come in the order
+    of all branches, or with `branch_order`, of the first branch the value satisfies alone (the
+    converter orders each branch's object by that branch's own `properties`)."""
+    ordered = _ordered(instance, [(doc.root, doc.root_base)], doc, 0, branch_order)
+    return json.dumps(ordered, separators=(",", ":"), ensure_ascii=ensure_ascii)
 
 
-def _applicable(schemas: list, doc: Any) -> list:
+def _applicable(schemas: list, doc: Any, value: Any, branch_order: bool) -> list:
     out, stack, seen = [], list(schemas), set()
     while stack:
         schema, base = stack.pop(0)
@@ -208,15 +212,26 @@ def _applicable(schemas: list, doc: Any) -> list:
                 stack.append((target, target_base))
             except ValueError:
                 pass
-        for keyword in ("allOf", "anyOf", "oneOf"):
-            stack += [(sub, base) for sub in schema.get(keyword, []) if isinstance(sub, dict)]
+        stack += [(sub, base) for sub in schema.get("allOf", []) if isinstance(sub, dict)]
+        for keyword in ("anyOf", "oneOf"):
+            branches = [(sub, base) for sub in schema.get(keyword, []) if isinstance(sub, dict)]
+            if branch_order:
+                branches = next(([b] for b in branches if _satisfies(doc, b[0], value)), branches)
+            stack += branches
     return out
 
 
-def _ordered(value: Any, schemas: list, doc: Any, depth: int) -> Any:
+def _satisfies(doc: Any, schema: Any, value: Any) -> bool:
+    try:
+        return doc.is_valid(schema, value)
+    except ValueError:  # GrammarError: a reference the document cannot resolve
+        return False
+
+
+def _ordered(value: Any, schemas: list, doc: Any, depth: int, branch_order: bool) -> Any:
     if depth > 50 or not isinstance(value, (dict, list)):
         return value
-    applicable = _applicable(schemas, doc)
+    applicable = _applicable(schemas, doc, value, branch_order)
     if isinstance(value, list):
         out = []
         for i, item in enumerate(value):
@@ -227,7 +242,7 @@ def _ordered(value: Any, schemas: list, doc: Any, depth: int) -> Any:
                 sub = prefix[i] if i < len(prefix) else rest
                 if sub is not None:
                     subs.append((sub, base))
-            out.append(_ordered(item, subs, doc, depth + 1))
+            out.append(_ordered(item, subs, doc, depth + 1, branch_order))
         return out
     order: list[str] = []
     for schema, _ in applicable:
@@ -236,6 +251,7 @@ def _ordered(value: Any, schemas: list, doc: Any, depth: int) -> Any:
         order += [k for k in schema.get("required", []) if isinstance(k, str) and k not in order]
     keys = [k for k in order if k in value] + [k for k in value if k not in order]
     return {
-        k: _ordered(value[k], [(s["properties"][k], b) for s, b in applicable if k in s.get("properties", {})], doc, depth + 1)
+        k: _ordered(value[k], [(s["properties"][k], b) for s, b in applicable if k in s.get("properties", {})], doc, depth + 1,
+                    branch_order)
         for k in keys
     }

@@ -34,13 +34,17 @@ Supported (exactly, with the choices above):
   "absent, or present with its dependents").
 - arrays: prefixItems and items (items/additionalItems before 2020-12), minItems, maxItems,
   uniqueItems when at most one item.
-- allOf (merged), anyOf (distributed), oneOf (branches proven mutually exclusive: types, enum/const
-  values, string lengths or patterns, number ranges, a property one branch requires and the other
-  forbids or a required discriminator; or branches that only list `required`), not (of types, of
-  `required`, of nothing), `$ref` to `$defs`/`definitions`/JSON pointers/anchors/embedded `$id`s
-  (recursive ones through lark).
-Anything else is a GrammarError naming the keyword and its JSON path; so are malformed and
-unsatisfiable schemas. Keyword tables: json_schema_document.
+- allOf (merged), anyOf (distributed), oneOf (no value a branch generates satisfies another:
+  types, where a branch without `type` counts the types it generates; enum/const values, string
+  lengths or patterns, number ranges, a property one branch requires and the other forbids or a
+  required discriminator; or branches that only list `required`), not (of types, of `required`,
+  of nothing), `$ref` to `$defs`/`definitions`/JSON pointers/anchors/embedded `$id`s (recursive
+  ones through lark).
+- `$schema`: the draft the jsonschema package validates with; a nested one naming another draft
+  only where harmless (json_schema_document).
+Enumerated values that are plain literals become one regex with shared prefixes. Anything else
+is a GrammarError naming the keyword and its JSON path; so are malformed and unsatisfiable
+schemas. Keyword tables: json_schema_document.
 """
 
 from __future__ import annotations
@@ -65,12 +69,13 @@ from .json_schema_ir import (
     Ref,
     alt,
     escape_literal,
+    literal_union,
     rep,
     seq,
 )
 from .json_schema_numbers import multiple_of_regex, number_range_regex
 from .json_schema_objects import build_array, build_object
-from .json_schema_oneof import candidates, exclusive, required_only_branches
+from .json_schema_oneof import candidates, generates_exclusive, required_only_branches
 from .json_schema_strings import (
     FORMATS,
     STRING_UNIT,
@@ -319,6 +324,8 @@ class _Builder:
             self.note_unsat(f"the enum at {origin.path} is empty or its values contradict each other")
         elif not nodes:
             self.note_unsat(f"no enum/const value at {origin.path} satisfies the schema")
+        if all(isinstance(node, Lit) for node in nodes):
+            return literal_union([node.text for node in nodes])
         return alt(*nodes)
 
     def literal(self, value: Any) -> Node:
@@ -448,7 +455,7 @@ class _Builder:
         flats = [flatten(self.doc, r, resolved) for r in branch_roots]
         for i, fi in enumerate(flats):
             for j in range(i + 1, len(flats)):
-                if not exclusive(self.doc, fi, flats[j], [d.branches[i].schema], [d.branches[j].schema]):
+                if not generates_exclusive(self.doc, fi, flats[j], [d.branches[i].schema], [d.branches[j].schema]):
                     rewritten = required_only_branches(self.doc, d.branches)
                     if rewritten is None:
                         raise GrammarError(f"oneOf at {d.path}: cannot prove branches {i} and {j} mutually exclusive")

@@ -8,6 +8,14 @@ Keyword policy (one place):
 - Every assertion keyword a draft defines is either compiled exactly or refused with a
   GrammarError naming it and its JSON path (the lists below and the compiler's checks).
 
+Drafts: a schema's draft is the one the jsonschema package validates it with (`validator_for`
+on its `$schema`, exact URIs only; 2020-12 when absent or unknown), so the converter and the
+validator read the same keywords the same way; draft 3 is refused. A nested `$schema` (which
+the validator honours for that subschema) naming another draft is ignored where harmless: only
+when no schema object below it uses a keyword whose meaning differs between the two drafts as
+the converter reads them (`$ref` beside assertions, boolean or numeric `exclusiveMinimum`/
+`exclusiveMaximum`, `items`/`additionalItems`/`prefixItems`, `id`/`$id`/anchors); else refused.
+
 `$ref` resolution covers JSON pointers (`#/...`, percent- and `~`-escaped), `$anchor`
 (and `$id: "#name"` in drafts 6-7, `id` in draft 4), and `$id`-named resources embedded in the
 document. Remote references are refused: nothing is fetched.
@@ -63,9 +71,12 @@ ASSERTION_KEYWORDS = frozenset().union(
      "dependentSchemas", "dependencies"},
 )
 
-_SCHEMA_DRAFTS = {
-    "draft-04": 4, "draft-06": 6, "draft-07": 7, "draft/2019-09": 2019, "draft/2020-12": 2020,
+_VALIDATOR_DRAFTS = {
+    jsonschema.Draft3Validator: 3, jsonschema.Draft4Validator: 4, jsonschema.Draft6Validator: 6,
+    jsonschema.Draft7Validator: 7, jsonschema.Draft201909Validator: 2019, jsonschema.Draft202012Validator: 2020,
 }
+_DRAFT_VALIDATORS = {draft: cls for cls, draft in _VALIDATOR_DRAFTS.items()}
+_IDENTIFIERS = ("id", "$id", "$anchor", "$dynamicAnchor", "$recursiveAnchor")
 _DEFAULT_BASE = "https://lmlang.invalid/schema.json"
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependencies")
 _SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
@@ -75,14 +86,30 @@ _SCHEMA_SINGLES = (
 )
 
 
-def schema_draft(root: Any) -> int:
-    """4, 6, 7, 2019 or 2020 from `$schema` (2020 when absent or unknown)."""
-    uri = root.get("$schema") if isinstance(root, dict) else None
-    if isinstance(uri, str):
-        for marker, draft in _SCHEMA_DRAFTS.items():
-            if marker in uri:
-                return draft
-    return 2020
+def schema_draft(schema: Any, enclosing: int = 2020, path: str = "#") -> int:
+    """4, 6, 7, 2019 or 2020: the draft the jsonschema package validates `schema` with, from its
+    `$schema` (`enclosing`, the draft around it, when it has none; 2020 when unknown)."""
+    cls = validator_for(schema, default=_DRAFT_VALIDATORS[enclosing])
+    draft = _VALIDATOR_DRAFTS.get(cls, 2020)
+    if draft == 3:
+        raise GrammarError(f"$schema at {path}: draft 3 schemas are not supported")
+    return draft
+
+
+def draft_conflict(schema: dict, ours: int, theirs: int) -> str | None:
+    """A keyword of one schema object that the converter, reading draft `ours`, would read
+    differently from a validator of draft `theirs` (None if there is none)."""
+    if (ours <= 7) != (theirs <= 7) and "$ref" in schema and any(k != "$ref" and k in ASSERTION_KEYWORDS for k in schema):
+        return "$ref"
+    if (ours == 4) != (theirs == 4):
+        for keyword in ("exclusiveMinimum", "exclusiveMaximum"):
+            if keyword in schema:
+                return keyword
+    if (ours == 2020) != (theirs == 2020):
+        for keyword in ("items", "additionalItems", "prefixItems"):
+            if keyword in schema:
+                return keyword
+    return next((k for k in _IDENTIFIERS if k in schema), None)
 
 
 def subschemas(schema: dict):
@@ -132,7 +159,7 @@ class SchemaDocument:
         self.anchors: dict[tuple[str, str], tuple[Any, str]] = {}
         self.bases: dict[int, str] = {}
         self.root_base = _DEFAULT_BASE
-        self._index(root, _DEFAULT_BASE, "#")
+        self._index(root, _DEFAULT_BASE, "#", self.draft)
         self.root_base = self.bases.get(id(root), _DEFAULT_BASE)
         self.resources.setdefault(_DEFAULT_BASE, (root, "#"))
         self._derived: dict[tuple, Any] = {}
@@ -147,9 +174,18 @@ class SchemaDocument:
     def base_of(self, schema: Any, fallback: str) -> str:
         return self.bases.get(id(schema), fallback)
 
-    def _index(self, node: Any, base: str, path: str) -> None:
+    def _index(self, node: Any, base: str, path: str, draft: int) -> None:
         if not isinstance(node, dict):
             return
+        if path != "#" and isinstance(node.get("$schema"), str):
+            draft = schema_draft(node, draft, f"{path}/$schema")
+        if draft != self.draft:
+            conflict = draft_conflict(node, self.draft, draft)
+            if conflict:
+                raise GrammarError(
+                    f"$schema at {path}: a draft {draft} subschema in a draft {self.draft} document is not supported "
+                    f"where the drafts read a keyword differently ({conflict} at {path}/{conflict})"
+                )
         ident = node.get("id" if self.draft == 4 else "$id")
         if isinstance(ident, str):
             if self.draft <= 7 and ident.startswith("#"):
@@ -163,7 +199,7 @@ class SchemaDocument:
         self.bases[id(node)] = base
         for keyword, key, sub in subschemas(node):
             token = keyword if key is None else f"{keyword}/{_pointer_token(key)}"
-            self._index(sub, base, f"{path}/{token}")
+            self._index(sub, base, f"{path}/{token}", draft)
 
     def resolve(self, ref: str, base: str, path: str) -> tuple[Any, str, str]:
         """(target schema, its base URI, its JSON path) of `ref` written at `path` under `base`."""

@@ -74,6 +74,7 @@ def seq(*parts: Node | None) -> Node | None:
 def alt(*options: Node | None) -> Node | None:
     """Alternation; None options are dropped, None if none is left. An EMPTY option becomes `opt`."""
     out: list = []
+    seen: set = set()  # a set beside the list: enums give thousands of options
     has_empty = False
     for option in options:
         if option is None:
@@ -81,12 +82,55 @@ def alt(*options: Node | None) -> Node | None:
         for o in option.options if isinstance(option, Alt) else (option,):
             if o == EMPTY:
                 has_empty = True
-            elif o not in out:
+            elif o not in seen:
+                seen.add(o)
                 out.append(o)
     if not out:
         return EMPTY if has_empty else None
     node = out[0] if len(out) == 1 else Alt(tuple(out))
     return opt(node) if has_empty else node
+
+
+def literal_union(texts: list[str]) -> Node | None:
+    """The alternation of non-empty literal texts as one `Pat` whose regex shares common prefixes
+    (a trie: "ab", "ac" -> `a(?:b|c)`): the language of `alt(*map(Lit, texts))`, with a regex
+    that grows with the distinct text rather than with every repeated prefix, and one lark
+    terminal instead of one per text. None for no text; a single text stays a `Lit`."""
+    texts = list(dict.fromkeys(texts))
+    if not texts:
+        return None
+    if len(texts) == 1:
+        return Lit(texts[0])
+    if any(not t for t in texts) or max(map(len, texts)) > _MAX_TRIE_TEXT:
+        return alt(*map(Lit, texts))
+    trie: dict = {}
+    for text in texts:
+        node = trie
+        for ch in text:
+            node = node.setdefault(ch, {})
+        node[_END] = {}
+    return Pat(_trie_regex(trie))
+
+
+_END = ""  # trie key marking the end of a text (texts are non-empty, characters never are)
+_MAX_TRIE_TEXT = 400  # longer texts stay a plain alternation (the rendering recurses per branch point)
+
+
+def _trie_regex(trie: dict) -> str:
+    """Regex of the texts below a trie node (the node is not an end: callers handle that)."""
+    options = []
+    for ch, child in trie.items():
+        if ch == _END:
+            continue
+        chain = ch
+        while len(child) == 1 and _END not in child:
+            (nxt, child), = child.items()
+            chain += nxt
+        rest = "" if list(child) == [_END] else _trie_regex(child)
+        if rest and _END in child:
+            rest = f"(?:{rest})?"
+        options.append(escape_literal(chain) + rest)
+    return options[0] if len(options) == 1 else "(?:" + "|".join(options) + ")"
 
 
 def opt(node: Node | None) -> Node:

@@ -1,10 +1,13 @@
 """`oneOf` made exact: proofs that branches exclude each other, and the `required`-only rewrite.
 
-A oneOf compiles to the union of its branches only when no value can satisfy two of them; any
-value the union generated would otherwise be invalid. `exclusive` gives sufficient conditions
-(on the declared types and the validity sets of the branches, never on the tightened generation):
+A oneOf compiles to the union of its branches only when no value a branch generates satisfies
+another branch; such a value would otherwise be invalid. `exclusive` gives sufficient conditions
+on the validity sets of the branches; `generates_exclusive` checks one direction, where the
+generating branch counts only the types it generates (`generated_types`: a branch without `type`
+generates the types its keywords name, e.g. objects for `properties`, which is what makes
+`oneOf: [{properties: {kind: {const: a}}, required: [kind]}, ...]` exact without `type`):
 
-- the declared types do not meet;
+- the types do not meet;
 - one branch is finite (enum/const/null/boolean) and none of its values satisfies the other;
 - strings of disjoint length ranges or of disjoint patterns, numbers of disjoint ranges;
 - objects where a property required by one branch is forbidden by the other
@@ -41,9 +44,24 @@ def _declared(flat: Flat) -> frozenset:
     return flat.types if flat.types is not None else ALL_TYPES
 
 
-def exclusive(doc: SchemaDocument, a: Flat, b: Flat, schemas_a: list, schemas_b: list, depth: int = 0) -> bool:
+def generated_types(flat: Flat) -> frozenset:
+    """The types of every value generated for the conjunction `flat`: `Flat.allowed_types`, or
+    the declared types while disjunctions remain to be distributed (a branch may name more
+    keyword types; declared types only narrow)."""
+    return _declared(flat) if flat.disjunctions else flat.allowed_types()
+
+
+def generates_exclusive(doc: SchemaDocument, a: Flat, b: Flat, schemas_a: list, schemas_b: list) -> bool:
+    """Whether no value generated for `a` satisfies `b`, and none generated for `b` satisfies `a`
+    (sufficient conditions only; see `exclusive`)."""
+    return exclusive(doc, a, b, schemas_a, schemas_b, generated=True) and exclusive(doc, b, a, schemas_b, schemas_a, generated=True)
+
+
+def exclusive(doc: SchemaDocument, a: Flat, b: Flat, schemas_a: list, schemas_b: list, depth: int = 0,
+              generated: bool = False) -> bool:
     """Whether no value satisfies both branches (sufficient conditions only). `schemas_x` are the
-    schemas whose conjunction branch x is, to test enumerated values against."""
+    schemas whose conjunction branch x is, to test enumerated values against. With `generated`,
+    whether no value *generated* for `a` satisfies `b`: `a` then has only its generated types."""
     if a.unsat or b.unsat:
         return True
     ca, cb = candidates(a), candidates(b)
@@ -53,7 +71,7 @@ def exclusive(doc: SchemaDocument, a: Flat, b: Flat, schemas_a: list, schemas_b:
         return not any(_valid_all(doc, schemas_b, v) for v in ca)
     if cb is not None:
         return not any(_valid_all(doc, schemas_a, v) for v in cb)
-    common = _declared(a) & _declared(b)
+    common = (generated_types(a) if generated else _declared(a)) & _declared(b)
     if not common:
         return True
     if common <= {"string"} and (_disjoint_lengths(a, b) or _disjoint_patterns(a, b)):
