@@ -27,10 +27,11 @@ from lmlang.runtime.forward_batch import ForwardBatch, ForwardMode
 class SeqChunk:
     """The part of one sequence a forward computes: tokens [prefix_len, seq_len) of `token_ids`."""
 
-    token_ids: Sequence[int]  # the sequence's tokens, at least seq_len of them
+    token_ids: Sequence[int]  # the sequence's tokens from position ids_offset on, up to seq_len at least
     prefix_len: int
     seq_len: int
     slots: torch.Tensor  # [seq_len] int64 (CPU), KV slots of positions 0..seq_len-1
+    ids_offset: int = 0  # position of token_ids[0]: a decode step passes only its new tokens
 
 
 class _Staging:
@@ -77,7 +78,7 @@ class BatchBuilder:
         prefix_lens = np.fromiter((s.prefix_len for s in seqs), np.int64, n)
         ids: list = []
         for s in seqs:
-            ids.extend(s.token_ids[s.prefix_len : s.seq_len])
+            ids.extend(s.token_ids[s.prefix_len - s.ids_offset : s.seq_len - s.ids_offset])
         kv = torch.cat([s.slots[: s.seq_len] for s in seqs]).numpy() if n else np.zeros(0, np.int64)
         if pad:
             seq_lens = np.concatenate([seq_lens, np.ones(pad, np.int64)])

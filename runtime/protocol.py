@@ -204,8 +204,25 @@ class TokenOut:
 
 
 def to_wire(obj: Any) -> dict:
-    """A message as a msgpack-able dict (type name + fields)."""
-    return {"type": type(obj).__name__, "data": dataclasses.asdict(obj)}
+    """A message as a msgpack-able dict (type name + fields).
+
+    Shallow on purpose: `dataclasses.asdict` deep-copies every list (a decode step's TokenOut per
+    running request made it most of the engine core's host time at batch 256); fields that are
+    dataclasses themselves are still converted."""
+    names = _FIELD_NAMES.get(type(obj))
+    if names is None:
+        names = _FIELD_NAMES[type(obj)] = tuple(f.name for f in dataclasses.fields(obj))
+    data = {}
+    for name in names:
+        value = getattr(obj, name)
+        if type(value) not in _PLAIN and dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)
+        data[name] = value
+    return {"type": type(obj).__name__, "data": data}
+
+
+_FIELD_NAMES: dict = {}
+_PLAIN = (type(None), bool, int, float, str, bytes, list, tuple, dict)
 
 
 _WIRE_TYPES: dict = {}

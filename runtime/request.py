@@ -27,7 +27,11 @@ class Req:
         self.priority = msg.priority
         self.arrival = arrival
         self.output_ids: list = []
-        self.slots = torch.empty(0, dtype=torch.int64)  # [num_computed]
+        # KV slots of positions 0..num_computed-1: a view of a buffer that grows by doubling, so a
+        # decode step appends in place instead of copying the whole context (see `append_slots`)
+        self._slot_buf = torch.empty(0, dtype=torch.int64)
+        self._num_slots = 0
+        self._own_buf = False  # whether _slot_buf is this request's own (writable in place)
         self.last_node: Any = None
         self.num_cached_owned = 0
         self.finished: Optional[FinishReason] = None
@@ -54,8 +58,37 @@ class Req:
         self.retractions = 0
 
     @property
+    def slots(self) -> torch.Tensor:
+        """[num_computed] int64 KV slots (a view; positions beyond it may be written later)."""
+        return self._slot_buf[: self._num_slots]
+
+    @slots.setter
+    def slots(self, value: torch.Tensor) -> None:
+        # the tensor may be shared (e.g. with the prefix cache): never written in place; the next
+        # append copies it into a buffer of this request's own
+        self._slot_buf, self._num_slots = value, int(value.shape[0])
+        self._own_buf = False
+
+    def append_slots(self, new: torch.Tensor) -> None:
+        """Appends slots for newly computed positions (amortized O(len(new)))."""
+        n, k = self._num_slots, int(new.shape[0])
+        if not self._own_buf or n + k > self._slot_buf.shape[0]:
+            buf = torch.empty(max(2 * (n + k), 64), dtype=torch.int64)
+            buf[:n] = self._slot_buf[:n]
+            self._slot_buf, self._own_buf = buf, True
+        self._slot_buf[n : n + k] = new
+        self._num_slots = n + k
+
+    @property
     def fill_ids(self) -> list:
         return self.input_ids + self.output_ids
+
+    def fill_tail(self, start: int) -> list:
+        """`fill_ids[start:]` without building the whole list."""
+        num_input = len(self.input_ids)
+        if start >= num_input:
+            return self.output_ids[start - num_input :]
+        return self.input_ids[start:] + self.output_ids
 
     @property
     def fill_len(self) -> int:
@@ -64,7 +97,7 @@ class Req:
 
     @property
     def num_computed(self) -> int:
-        return int(self.slots.shape[0])
+        return self._num_slots
 
     @property
     def needs_input_logprobs(self) -> bool:

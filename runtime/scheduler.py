@@ -167,6 +167,13 @@ class Scheduler(SchedulerControl):
             self.cache.evict(short)
         return self.allocator.alloc(n, last_slot)
 
+    def _alloc_decode(self, batch: list, counts: list) -> list:
+        """Slots for `counts[i]` new positions of each running request (room ensured by
+        `_ensure_decode_room`); with one-slot pages, one allocation for the whole batch."""
+        if self.cfg.page_size == 1:
+            return list(torch.split(self._alloc(sum(counts), None), counts))
+        return [self._alloc(n, self._own_last_slot(req)) for req, n in zip(batch, counts)]
+
     def _own_last_slot(self, req: Req) -> Optional[int]:
         return int(req.slots[-1]) if req.num_computed > req.num_cached_owned else None
 
@@ -193,7 +200,7 @@ class Scheduler(SchedulerControl):
             if slots is None:
                 return []
             prefix = req.num_computed
-            req.slots = torch.cat([req.slots, slots])
+            req.append_slots(slots)
             batch.append((req, SeqChunk(req.fill_ids, prefix, prefix + n, req.slots)))
             budget -= n
             if req.num_computed < req.fill_len:
@@ -332,12 +339,11 @@ class Scheduler(SchedulerControl):
             self.inflight = self._launch_decode(batch)
             return []
         seqs = []
-        for req in batch:
+        pendings = [req.fill_len - req.num_computed for req in batch]
+        for req, pending, slots in zip(batch, pendings, self._alloc_decode(batch, pendings)):
             n = req.num_computed
-            pending = req.fill_len - n
-            slots = self._alloc(pending, self._own_last_slot(req))
-            req.slots = torch.cat([req.slots, slots])
-            seqs.append(SeqChunk(req.fill_ids, n, n + pending, req.slots))
+            req.append_slots(slots)
+            seqs.append(SeqChunk(req.fill_tail(n), n, n + pending, req.slots, ids_offset=n))
         lens = [c.seq_len - c.prefix_len for c in seqs]
         rows = list(itertools.accumulate(lens, initial=-1))[1:] if max(lens) > 1 else list(range(len(seqs)))
         mode = ForwardMode.DECODE if max(lens) == 1 else ForwardMode.EXTEND
@@ -389,12 +395,11 @@ class Scheduler(SchedulerControl):
         """Enqueues a decode step without waiting for it. With `input_ids` (the in-flight step's
         tokens, on the device) each request's last token is not on the host yet."""
         seqs = []
-        for req in batch:
+        for req, slots in zip(batch, self._alloc_decode(batch, [1] * len(batch))):
             n = req.num_computed
-            slots = self._alloc(1, self._own_last_slot(req))
-            req.slots = torch.cat([req.slots, slots])
-            ids = req.fill_ids if input_ids is None else req.fill_ids + [0]  # placeholder, set on device
-            seqs.append(SeqChunk(ids, n, n + 1, req.slots))
+            req.append_slots(slots)
+            ids = req.fill_tail(n) if input_ids is None else [0]  # placeholder, set on device
+            seqs.append(SeqChunk(ids, n, n + 1, req.slots, ids_offset=n))
         logits = self.runner.forward(ForwardMode.DECODE, seqs, list(range(len(seqs))), input_ids=input_ids)
         self._count_decode(len(batch))
         tokens = self.sampler.sample_on_device(logits, batch)  # [batch] on the device
