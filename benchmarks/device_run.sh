@@ -37,6 +37,7 @@
 #   deepseek_e2e     DeepSeek-V2-Lite-shaped engine decode, bf16 vs FP8, batch 1 / 32 / 128
 #   parity           GPU parity vs transformers (trained tiny checkpoints and random ones)
 #   sched_cost       scheduler_cost.py: host CPU per decode step and GPU idle, batch 256, overlap on/off
+#   runtime_tests    every runtime GPU test but parity (backends, graphs, MLA, MoE, FP8, DeepSeek)
 #   cache_out        tar the FlashInfer JIT cache into $OUT (carry it back as .cache/fi_cache.tgz)
 set -u
 OUT=${OUT:-/tmp/lmlang-out}
@@ -114,6 +115,7 @@ for s in "$@"; do
     deepseek_e2e) step deepseek_e2e 300 python3 benchmarks/deepseek_e2e.py --decode-steps 64 --out "$OUT/deepseek_e2e.json" ;;
     parity) step parity 300 "${PYTEST[@]}" tests/runtime/test_gpu_parity.py -s ;;
     sched_cost) step sched_cost 300 python3 benchmarks/scheduler_cost.py --config $LLAMA --out "$OUT/scheduler_cost.json" ;;
+    runtime_tests) step runtime_tests 420 "${PYTEST[@]}" tests/runtime --deselect tests/runtime/test_gpu_parity.py ;;
     cache_out) step cache_out 60 tar -czf "$OUT/fi_cache.tgz" -C .cache flashinfer ;;
     bundle) (cd "$OUT" && tar -czf bundle.tgz --remove-files $(ls -d *.log *.json */ 2>/dev/null)) ;;  # one file back, not many
     *) echo "unknown step $s"; exit 2 ;;
