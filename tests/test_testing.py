@@ -119,7 +119,7 @@ def test_trained_checkpoint_learns_the_text_and_keeps_logits_bounded(trained):
     # text it never saw, from the same distribution, is far better predicted than by chance (ln 512 = 6.24)
     loss, max_logit = _loss_and_max_logit(model, held_out)
     assert loss < _loss_and_max_logit(untrained, held_out)[0] - 1.5
-    assert max_logit < 7.0  # the bound is 4; 60 steps enforce it only roughly
+    assert max_logit < 7.0  # the bound is 3.5; 60 steps enforce it only roughly
 
 
 def test_trained_checkpoint_is_deterministic_and_checks_arguments(trained, tmp_path):

@@ -8,7 +8,7 @@ Every case prints those figures.
 That bar presumes a trained model: confident next-token distributions and tame activations.
 `test_bf16_trained_meets_the_bar` holds the engine to it, as stated, on tiny checkpoints trained
 for a few seconds on the GPU (`lmlang.testing.train_tiny_checkpoint`: Python source, logits kept
-within about 6 of zero), with prompts from held-out source files of the same distribution.
+within about 3.5 of zero), with prompts from held-out source files of the same distribution.
 
 Tiny random checkpoints have neither property. As made (`gain2`: matrices at gain 2) their
 attention logits have a standard deviation near 4, so one bf16 rounding anywhere moves logprobs by
