@@ -17,7 +17,7 @@ whole instance); per-engine success counts are printed too. After setup the benc
 tokenizer and library objects during requests (lmlang allocates Python objects while it builds
 automata lazily; without the freeze a full collection adds ~0.1 s to random mask calls).
 
-    python benchmarks/grammar_bench.py [--workload regex|json|all] [--max-schemas N]
+    python benchmarks/grammar_bench.py [--workload regex|json|all] [--max-schemas N] [--out results.json]
 """
 
 from __future__ import annotations
@@ -222,9 +222,12 @@ def run_case_bounded(engine, kind, source, token_ids, timeout_s: float):
     child.start()
     sender.close()
     if receiver.poll(timeout_s):
-        result = receiver.recv()
+        try:
+            result = receiver.recv()
+        except EOFError:  # the child died without an answer (killed for memory, crashed)
+            result = None
         child.join()
-        return result
+        return result if result is not None else f"crashed: child exit code {child.exitcode}"
     child.kill()
     child.join()
     return f"timeout: over {timeout_s:.0f}s"
@@ -278,7 +281,9 @@ def replay(engine, compiled, token_ids):
     return masks, accepts
 
 
-def bench(workload: str, cases, hf_tokenizer, engines, timeout_s: float) -> None:
+def bench(workload: str, cases, hf_tokenizer, engines, timeout_s: float) -> dict:
+    """Runs every case on every engine, prints the table; returns the per-case results
+    ({engine: {case: [compile s, [mask s], [accept s], [warm mask s]] or failure text}})."""
     results = {e.name: {} for e in engines}
     for i, (name, kind, source, sample) in enumerate(cases):
         token_ids = hf_tokenizer.encode(sample, add_special_tokens=False)
@@ -327,6 +332,7 @@ def bench(workload: str, cases, hf_tokenizer, engines, timeout_s: float) -> None
             print(f"  {engine_name} failed {case}: {reason}")
         if len(fails) > 5:
             print(f"  {engine_name}: {len(fails) - 5} more failures")
+    return results
 
 
 def main() -> None:
@@ -335,6 +341,7 @@ def main() -> None:
     parser.add_argument("--max-schemas", type=int, default=200, help="0 = every schema with a valid instance")
     parser.add_argument("--engines", default="lmlang,xgrammar,llguidance,outlines-core")
     parser.add_argument("--timeout", type=float, default=60.0, help="per case, for engines run in a child process")
+    parser.add_argument("--out", help="write every case's timings (or failure) as JSON to this path")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
@@ -356,10 +363,13 @@ def main() -> None:
     # leave the cyclic GC's generations, so a collection does not rescan them mid-request.
     gc.collect()
     gc.freeze()
+    out = {}
     if args.workload in ("regex", "all"):
-        bench("regex", regex_cases(), hf_tokenizer, engines, args.timeout)
+        out["regex"] = bench("regex", regex_cases(), hf_tokenizer, engines, args.timeout)
     if args.workload in ("json", "all"):
-        bench("json", json_cases(args.max_schemas), hf_tokenizer, engines, args.timeout)
+        out["json"] = bench("json", json_cases(args.max_schemas), hf_tokenizer, engines, args.timeout)
+    if args.out:
+        pathlib.Path(args.out).write_text(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -143,8 +143,20 @@ class ByteDFA(LazyTable):
         moving = [(ctr, m) for s, ctr in self._sets[state] for m in (self._moves_of(s),) if m[1]]
         if not moving:
             return np.full(self.num_classes, -1, dtype=np.int32)
-        # per class: the column of target-list ids over positions; equal columns = same state
         step_memo = self._steps
+        if len(moving) == 1:  # most states (literal text): the row is the position's moves
+            ctr, (vec, lists) = moving[0]
+            targets = []
+            for dsts in lists:
+                key = frozenset((d, ctr) for d in dsts)
+                j = step_memo.get(key)
+                if j is None:
+                    nxt = self._closure(key)
+                    j = step_memo[key] = self._intern(nxt) if nxt else -1
+                targets.append(j)
+            targets.append(-1)  # list id -1: no move
+            return np.array([targets[t] for t in vec], dtype=np.int32)
+        # per class: the column of target-list ids over positions; equal columns = same state
         by_column: dict[tuple, int] = {}
         row = []
         for column in zip(*[m[0] for _, m in moving]):

@@ -7,7 +7,8 @@ vectorized trie walk indexes): int32 `[capacity + 1, num_classes]`; -1 = dead; t
 all -1 so that state -1 indexes a dead row; rows not built yet hold -2 and are never read before
 `ensure`. State ids never change once given, so caches keyed by state stay valid.
 
-Alongside each built row, `leave_bytes` (uint64 [capacity + 1, 4], a 256-bit set) holds the bytes
+Alongside each built row, `leave_bytes` (uint64 [4, capacity + 1]: word k holds bytes 64k..64k+63 of
+a 256-bit set) holds the bytes
 that do NOT lead from the state back to itself: a trie subtree none of whose bytes is in that
 set stays in the state all along, so a walk takes it whole without visiting it
 (grammar/token_trie.py). The dead row's set is full.
@@ -45,11 +46,11 @@ class LazyTable(ABC):
     def _allocate(self, capacity: int) -> None:
         table = np.full((capacity + 1, self.num_classes), NOT_BUILT, dtype=np.int32)
         built = np.zeros(capacity + 1, dtype=bool)
-        leave = np.full((capacity + 1, 4), ALL_BYTES, dtype=np.uint64)
+        leave = np.full((4, capacity + 1), ALL_BYTES, dtype=np.uint64)
         if self.num_states:
             table[: self.num_states] = self.table[: self.num_states]
             built[: self.num_states] = self.built[: self.num_states]
-            leave[: self.num_states] = self.leave_bytes[: self.num_states]
+            leave[:, : self.num_states] = self.leave_bytes[:, : self.num_states]
         table[capacity] = -1
         built[capacity] = True  # index -1: the dead row
         self.capacity = capacity
@@ -82,7 +83,7 @@ class LazyTable(ABC):
     def _store_row(self, state: int, row) -> None:
         row = np.asarray(row, dtype=np.int32)
         stay = row[self.byte_class] == state  # [256]: bytes that lead back to the state
-        self.leave_bytes[state] = np.packbits(~stay, bitorder="little").view(np.uint64)
+        self.leave_bytes[:, state] = np.packbits(~stay, bitorder="little").view(np.uint64)
         self.table[state] = row
         self.built[state] = True
 

@@ -17,13 +17,23 @@ the numpy per-call overhead: how a compiled constraint precomputes its masks.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
 
 from .bitmask import pack_bool_mask
 from .lazy_table import LazyTable
+
+
+# a walk finishes in Python (see _walk_tail) once at most TAIL_NODES candidates with at most
+# TAIL_WORK nodes in their subtrees are left: numpy's cost per trie level then dominates
+TAIL_NODES = 64
+TAIL_WORK = 1000
+FEW_BYTES = 16  # a single walk from a state that lets at most this many bytes through starts in Python
+FEW_TOKENS = 2048  # a mask with at most this many tokens is packed word by word
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,10 +54,11 @@ class WalkResult:
 class TokenTrie:
     """Flat-array trie over the non-special tokens of a vocabulary (breadth-first numbering).
 
-    Per node v: node_byte, node_depth, node_parent, children [child_lo, child_hi); its own
-    tokens (several when tokens share bytes) are tok_order[tok_lo[v]:own_hi[v]] and the tokens
-    of its whole subtree tok_order[tok_lo[v]:sub_hi[v]]; sub_bytes[v] (uint64 [4], a 256-bit
-    set) holds the bytes of its strict descendants.
+    Per node v: node_byte, node_depth, node_parent, children [child_lo, child_hi), sub_size
+    (nodes in its subtree, itself included); its own tokens (several when tokens share bytes)
+    are tok_order[tok_lo[v]:own_hi[v]] and the tokens of its whole subtree
+    tok_order[tok_lo[v]:sub_hi[v]]; sub_bytes[:, v] (uint64 [4]: word k holds bytes 64k..64k+63
+    of a 256-bit set) holds the bytes of its strict descendants.
     """
 
     def __init__(self, token_bytes: Sequence[bytes | None]):
@@ -87,7 +98,8 @@ class TokenTrie:
         for lo, hi in reversed(self.levels):
             np.add.at(size, self.node_parent[lo:hi], size[lo:hi])
             np.bitwise_or.at(sub, self.node_parent[lo:hi], sub[lo:hi] | bit[lo:hi])
-        self.sub_bytes = sub
+        self.sub_bytes = np.ascontiguousarray(sub.T)  # [4, n]: one contiguous array per word
+        self.sub_size = size
         tokens = np.nonzero(token_node >= 0)[0]
         pre = token_node[tokens]  # preorder position of each token's node
         by_pre = np.lexsort((tokens, pre))
@@ -104,13 +116,21 @@ class TokenTrie:
         boundaries: report lexeme ends (needs `dfa.accept_group`: int [capacity + 1], -1 = the
         state ends no lexeme); False for a plain regex, whose end is the end of everything.
         """
-        nodes = self._roots(1) if first_nodes is None else np.asarray(first_nodes, dtype=np.int64)
+        in_python = False
+        if first_nodes is None:
+            live = _state_facts(dfa, start, boundaries)[1]
+            in_python = live is not None and len(live) <= FEW_BYTES  # restrictive: all in Python
+            nodes = self._root_children(live) if in_python else self._roots(1)
+        else:
+            nodes = np.asarray(first_nodes, dtype=np.int64)
         prev = np.full(nodes.shape[0], start, dtype=np.int32)
-        lo, hi, _, found = self._walk(dfa, nodes, prev, None, boundaries)
-        allowed = np.zeros(self.vocab_size, dtype=bool)
+        if in_python:
+            lo, hi, _, tail_found = self._walk_tail(dfa, nodes, prev, None, boundaries)
+            found = [tail_found] if tail_found is not None else []
+        else:
+            lo, hi, _, found = self._walk(dfa, nodes, prev, None, boundaries)
         count = hi - lo
-        allowed[self.tok_order[_expand(lo, count, int(count.sum()))]] = True
-        packed = pack_bool_mask(allowed, self.num_words)
+        packed = self._pack(self.tok_order[_expand(lo, count, int(count.sum()))])
         if found:
             return WalkResult(packed, np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found]))
         empty = np.zeros(0, dtype=np.int64)
@@ -131,6 +151,27 @@ class TokenTrie:
         allowed = np.zeros((num, self.num_words * 32), dtype=bool)
         allowed[np.repeat(which, count), tokens] = True
         return np.packbits(allowed, axis=1, bitorder="little").view("<i4").astype(np.int32, copy=False)
+
+    def _pack(self, tokens: np.ndarray) -> np.ndarray:
+        """int32 [num_words]: the packed mask of `tokens` (distinct ids)."""
+        if tokens.shape[0] > FEW_TOKENS:
+            allowed = np.zeros(self.vocab_size, dtype=bool)
+            allowed[tokens] = True
+            return pack_bool_mask(allowed, self.num_words)
+        words = np.zeros(self.num_words, dtype=np.uint32)
+        np.bitwise_or.at(words, tokens >> 5, np.left_shift(np.uint32(1), (tokens & 31).astype(np.uint32)))
+        return words.view(np.int32)
+
+    def _root_children(self, byte_values: list[int]) -> np.ndarray:
+        """The root's children with these bytes (those that exist)."""
+        lo, hi = self.levels[0] if self.levels else (0, 0)
+        byte = self._lists[0]
+        found = []
+        for x in byte_values:
+            c = bisect_left(byte, x, lo, hi)
+            if c < hi and byte[c] == x:
+                found.append(c)
+        return np.array(found, dtype=np.int64)
 
     def _roots(self, copies: int) -> np.ndarray:
         """The children of the root (the first trie level), `copies` times over."""
@@ -163,7 +204,13 @@ class TokenTrie:
             if batch is not None:
                 batch = batch[ok]
             # a subtree that never leaves `state` is allowed whole and not visited
-            whole = ~(self.sub_bytes[nodes] & dfa.leave_bytes[state]).any(axis=1)
+            sub, leave = self.sub_bytes, dfa.leave_bytes
+            whole = (
+                (sub[0][nodes] & leave[0][state])
+                | (sub[1][nodes] & leave[1][state])
+                | (sub[2][nodes] & leave[2][state])
+                | (sub[3][nodes] & leave[3][state])
+            ) == 0
             los.append(self.tok_lo[nodes])
             his.append(np.where(whole, self.sub_hi[nodes], self.own_hi[nodes]))
             if batch is not None:
@@ -179,10 +226,80 @@ class TokenTrie:
             prev = np.repeat(state[open_], count)
             if batch is not None:
                 batch = np.repeat(batch[open_], count)
+            if total <= TAIL_NODES and int(self.sub_size[nodes].sum()) <= TAIL_WORK:
+                # a few small subtrees left (long tokens): node by node in Python is cheaper
+                tail = self._walk_tail(dfa, nodes, prev, batch, boundaries)
+                los.append(tail[0])
+                his.append(tail[1])
+                if batch is not None:
+                    which.append(tail[2])
+                if tail[3] is not None:
+                    found.append(tail[3])
+                break
         empty = np.zeros(0, dtype=np.int64)
         lo = np.concatenate(los) if los else empty
         hi = np.concatenate(his) if his else empty
         return lo, hi, (np.concatenate(which) if which else empty) if batch is not None else None, found
+
+
+    def _walk_tail(self, dfa, nodes, prev, batch, boundaries):
+        """`_walk` for a few candidates, depth first in Python: (lo, hi, batch, boundaries).
+        Where a state lets few bytes through and a node has many children, only the children
+        with those bytes are looked up (children are sorted by byte)."""
+        byte, child_lo, child_hi, tok_lo, own_hi, sub_hi, sub = self._lists
+        cls = dfa._class_list
+        facts: dict[int, tuple[int, list[int] | None]] = {}  # state -> (leave set, live bytes)
+        los, his, bs, b_nodes, b_groups = [], [], [], [], []
+        batches = batch.tolist() if batch is not None else [0] * nodes.shape[0]
+        stack = list(zip(nodes.tolist(), prev.tolist(), batches))
+        while stack:
+            v, q, b = stack.pop()
+            nq = dfa.row_list(q)[cls[byte[v]]]
+            if nq < 0:
+                if boundaries:
+                    group = int(dfa.accept_group[q])
+                    if group >= 0:
+                        b_nodes.append(v)
+                        b_groups.append(group)
+                continue
+            los.append(tok_lo[v])
+            bs.append(b)
+            if sub[v]:
+                fact = facts.get(nq)
+                if fact is None:
+                    fact = facts[nq] = _state_facts(dfa, nq, boundaries)
+                if not sub[v] & fact[0]:
+                    his.append(sub_hi[v])
+                    continue
+                lo, hi, live = child_lo[v], child_hi[v], fact[1]
+                if live is not None and 4 * len(live) < hi - lo:
+                    for x in live:
+                        c = bisect_left(byte, x, lo, hi)
+                        if c < hi and byte[c] == x:
+                            stack.append((c, nq, b))
+                else:
+                    stack.extend([(c, nq, b) for c in range(lo, hi)])
+            his.append(own_hi[v])
+        found = (np.array(b_nodes, dtype=np.int64), np.array(b_groups, dtype=np.int64)) if b_nodes else None
+        return np.array(los, dtype=np.int64), np.array(his, dtype=np.int64), np.array(bs, dtype=np.int64), found
+
+    @cached_property
+    def _lists(self) -> tuple[list[int], ...]:
+        """Per-node arrays as Python lists (sub_bytes as 256-bit ints), for `_walk_tail`."""
+        sub = [int.from_bytes(row.tobytes(), "little") for row in self.sub_bytes.T.copy()]
+        arrays = (self.node_byte, self.child_lo, self.child_hi, self.tok_lo, self.own_hi, self.sub_hi)
+        return tuple(a.tolist() for a in arrays) + (sub,)
+
+
+def _state_facts(dfa: LazyTable, state: int, boundaries: bool) -> tuple[int, list[int] | None]:
+    """(the bytes that leave `state`, as a 256-bit int; the bytes that keep it alive, or None
+    where every child must be visited: when lexeme ends are reported and the state ends one,
+    each dead child is a boundary)."""
+    row = dfa.row(state)  # builds the row, and with it leave_bytes
+    leave = int.from_bytes(dfa.leave_bytes[:, state].tobytes(), "little")
+    if boundaries and dfa.accept_group[state] >= 0:
+        return leave, None
+    return leave, np.flatnonzero(row[dfa.byte_class] >= 0).tolist()
 
 
 def _expand(first: np.ndarray, count: np.ndarray, total: int) -> np.ndarray:

@@ -5,6 +5,7 @@ import re
 import time
 
 import pytest
+import regex as regex_module
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -174,8 +175,14 @@ def _random_regexes():
 @given(pattern=_random_regexes(), seed=st.integers(0, 2**16))
 def test_random_regexes_agree_with_re(pattern, seed):
     dfa = regex_to_dfa(pattern)
-    compiled = re.compile(pattern, re.ASCII)
+    # `regex` (re-compatible in V0 mode) because it takes a timeout: the backtracking reference
+    # is exponential on some nested quantifiers, e.g. (?:(?:[^a]{0,5})+)* on "bbbbbbbbbbbba"
+    compiled = regex_module.compile(pattern, regex_module.ASCII | regex_module.V0)
     rng = random.Random(seed)
     for _ in range(200):
         s = "".join(rng.choice("abcé1\n") for _ in range(rng.randint(0, 14)))
-        assert dfa.matches(s.encode()) == bool(compiled.fullmatch(s)), (pattern, s)
+        try:
+            expected = bool(compiled.fullmatch(s, timeout=0.5))
+        except TimeoutError:
+            continue
+        assert dfa.matches(s.encode()) == expected, (pattern, s)
