@@ -40,6 +40,7 @@ class LazyTable(ABC):
         self.what = what
         self.num_states = 0
         self._row_lists: dict[int, list[int]] = {}
+        self._facts: dict[tuple[int, bool], tuple[int, list[int] | None]] = {}
         self._lock = threading.RLock()
         self._allocate(64)
 
@@ -139,6 +140,19 @@ class LazyTable(ABC):
         if row is None:
             row = self._row_lists[state] = self.row(state).tolist()
         return row
+
+    def walk_facts(self, state: int, boundaries: bool) -> tuple[int, list[int] | None]:
+        """(the bytes that leave `state`, as a 256-bit int; the bytes that keep it alive, or
+        None where a trie walk must visit every child: when it reports lexeme ends (needs
+        `accept_group`) and the state ends one, each dead child is a boundary). Cached."""
+        key = (state, boundaries)
+        facts = self._facts.get(key)
+        if facts is None:
+            row = self.row(state)
+            leave = int.from_bytes(self.leave_bytes[:, state].tobytes(), "little")
+            ends = boundaries and self.accept_group[state] >= 0
+            facts = self._facts[key] = (leave, None if ends else np.flatnonzero(row[self.byte_class] >= 0).tolist())
+        return facts
 
     @abstractmethod
     def _build_row(self, state: int) -> list[int]:

@@ -28,12 +28,23 @@ from .bitmask import pack_bool_mask
 from .lazy_table import LazyTable
 
 
-# a walk finishes in Python (see _walk_tail) once at most TAIL_NODES candidates with at most
-# TAIL_WORK nodes in their subtrees are left: numpy's cost per trie level then dominates
+# a walk goes on in Python (see _walk_tail) while at most TAIL_NODES candidates are left, for at
+# most TAIL_VISITS nodes at a time: on narrow frontiers numpy's cost per call dominates
 TAIL_NODES = 64
-TAIL_WORK = 1000
-FEW_BYTES = 16  # a single walk from a state that lets at most this many bytes through starts in Python
+TAIL_VISITS = 400
+FEW_BYTES = 16  # a single walk from a state that lets at most this many bytes through looks them up
 FEW_TOKENS = 2048  # a mask with at most this many tokens is packed word by word
+
+
+@dataclass
+class _WalkOutput:
+    """What a walk has found so far: token ranges (lo, hi), their walk (which; None for a
+    single walk) and lexeme boundaries (found), as lists of arrays."""
+
+    lo: list
+    hi: list
+    which: list | None
+    found: list
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,19 +127,12 @@ class TokenTrie:
         boundaries: report lexeme ends (needs `dfa.accept_group`: int [capacity + 1], -1 = the
         state ends no lexeme); False for a plain regex, whose end is the end of everything.
         """
-        in_python = False
         if first_nodes is None:
-            live = _state_facts(dfa, start, boundaries)[1]
-            in_python = live is not None and len(live) <= FEW_BYTES  # restrictive: all in Python
-            nodes = self._root_children(live) if in_python else self._roots(1)
+            live = dfa.walk_facts(start, boundaries)[1]
+            nodes = self._root_children(live) if live is not None and len(live) <= FEW_BYTES else self._roots(1)
         else:
             nodes = np.asarray(first_nodes, dtype=np.int64)
-        prev = np.full(nodes.shape[0], start, dtype=np.int32)
-        if in_python:
-            lo, hi, _, tail_found = self._walk_tail(dfa, nodes, prev, None, boundaries)
-            found = [tail_found] if tail_found is not None else []
-        else:
-            lo, hi, _, found = self._walk(dfa, nodes, prev, None, boundaries)
+        lo, hi, _, found = self._walk(dfa, nodes, np.full(nodes.shape[0], start, dtype=np.int32), None, boundaries)
         count = hi - lo
         packed = self._pack(self.tok_order[_expand(lo, count, int(count.sum()))])
         if found:
@@ -184,13 +188,20 @@ class TokenTrie:
         """Walk from candidate `nodes` (their bytes not yet taken) in DFA states `prev`, each of
         walk `batch` (None: a single walk). Returns the token ranges allowed (lo, hi: int64 [R],
         into tok_order), the walk of each range (int64 [R] or None) and, with `boundaries`, a
-        list of (nodes, groups) arrays where a lexeme ends."""
+        list of (nodes, groups) arrays where a lexeme ends.
+
+        Frontier by frontier in numpy while it is wide; a narrow one (at most TAIL_NODES
+        candidates) goes depth first in Python (`_walk_tail`), which hands what is left back
+        after TAIL_VISITS nodes if the subtrees turn out large."""
         byte_class = dfa.byte_class
-        los: list[np.ndarray] = []
-        his: list[np.ndarray] = []
-        which: list[np.ndarray] = []
-        found: list[tuple[np.ndarray, np.ndarray]] = []
+        out = _WalkOutput([], [], [] if batch is not None else None, [])
+        tail_ok = True
         while nodes.shape[0]:
+            if tail_ok and nodes.shape[0] <= TAIL_NODES:
+                nodes, prev, batch = self._walk_tail(dfa, nodes, prev, batch, boundaries, out)
+                tail_ok = False  # one numpy step before the next hand-over: progress
+                continue
+            tail_ok = True
             table = dfa.ensure(prev)
             nxt = table[prev, byte_class[self.node_byte[nodes]]]
             ok = nxt >= 0
@@ -198,11 +209,12 @@ class TokenTrie:
                 group = dfa.accept_group[prev]
                 hit = ~ok & (group >= 0)
                 if hit.any():
-                    found.append((nodes[hit], group[hit].astype(np.int64)))
+                    out.found.append((nodes[hit], group[hit].astype(np.int64)))
             nodes = nodes[ok]
             state = nxt[ok]
             if batch is not None:
                 batch = batch[ok]
+                out.which.append(batch)
             # a subtree that never leaves `state` is allowed whole and not visited
             sub, leave = self.sub_bytes, dfa.leave_bytes
             whole = (
@@ -211,48 +223,36 @@ class TokenTrie:
                 | (sub[2][nodes] & leave[2][state])
                 | (sub[3][nodes] & leave[3][state])
             ) == 0
-            los.append(self.tok_lo[nodes])
-            his.append(np.where(whole, self.sub_hi[nodes], self.own_hi[nodes]))
-            if batch is not None:
-                which.append(batch)
+            out.lo.append(self.tok_lo[nodes])
+            out.hi.append(np.where(whole, self.sub_hi[nodes], self.own_hi[nodes]))
             open_ = ~whole
             parents = nodes[open_]
             first = self.child_lo[parents]
             count = self.child_hi[parents] - first
             total = int(count.sum())
-            if total == 0:
-                break
             nodes = _expand(first, count, total)
             prev = np.repeat(state[open_], count)
             if batch is not None:
                 batch = np.repeat(batch[open_], count)
-            if total <= TAIL_NODES and int(self.sub_size[nodes].sum()) <= TAIL_WORK:
-                # a few small subtrees left (long tokens): node by node in Python is cheaper
-                tail = self._walk_tail(dfa, nodes, prev, batch, boundaries)
-                los.append(tail[0])
-                his.append(tail[1])
-                if batch is not None:
-                    which.append(tail[2])
-                if tail[3] is not None:
-                    found.append(tail[3])
-                break
         empty = np.zeros(0, dtype=np.int64)
-        lo = np.concatenate(los) if los else empty
-        hi = np.concatenate(his) if his else empty
-        return lo, hi, (np.concatenate(which) if which else empty) if batch is not None else None, found
+        lo = np.concatenate(out.lo) if out.lo else empty
+        hi = np.concatenate(out.hi) if out.hi else empty
+        which = None if batch is None else np.concatenate(out.which) if out.which else empty
+        return lo, hi, which, out.found
 
-
-    def _walk_tail(self, dfa, nodes, prev, batch, boundaries):
-        """`_walk` for a few candidates, depth first in Python: (lo, hi, batch, boundaries).
-        Where a state lets few bytes through and a node has many children, only the children
-        with those bytes are looked up (children are sorted by byte)."""
+    def _walk_tail(self, dfa, nodes, prev, batch, boundaries, out: "_WalkOutput"):
+        """`_walk` depth first in Python, appending to `out`; after TAIL_VISITS nodes, returns
+        the candidates not yet taken (nodes, prev, batch; empty when done). Where a state lets
+        few bytes through and a node has many children, only the children with those bytes
+        are looked up (children are sorted by byte)."""
         byte, child_lo, child_hi, tok_lo, own_hi, sub_hi, sub = self._lists
         cls = dfa._class_list
-        facts: dict[int, tuple[int, list[int] | None]] = {}  # state -> (leave set, live bytes)
         los, his, bs, b_nodes, b_groups = [], [], [], [], []
         batches = batch.tolist() if batch is not None else [0] * nodes.shape[0]
         stack = list(zip(nodes.tolist(), prev.tolist(), batches))
-        while stack:
+        visits = 0
+        while stack and visits < TAIL_VISITS:
+            visits += 1
             v, q, b = stack.pop()
             nq = dfa.row_list(q)[cls[byte[v]]]
             if nq < 0:
@@ -265,13 +265,11 @@ class TokenTrie:
             los.append(tok_lo[v])
             bs.append(b)
             if sub[v]:
-                fact = facts.get(nq)
-                if fact is None:
-                    fact = facts[nq] = _state_facts(dfa, nq, boundaries)
-                if not sub[v] & fact[0]:
+                leave_set, live = dfa.walk_facts(nq, boundaries)
+                if not sub[v] & leave_set:
                     his.append(sub_hi[v])
                     continue
-                lo, hi, live = child_lo[v], child_hi[v], fact[1]
+                lo, hi = child_lo[v], child_hi[v]
                 if live is not None and 4 * len(live) < hi - lo:
                     for x in live:
                         c = bisect_left(byte, x, lo, hi)
@@ -280,8 +278,14 @@ class TokenTrie:
                 else:
                     stack.extend([(c, nq, b) for c in range(lo, hi)])
             his.append(own_hi[v])
-        found = (np.array(b_nodes, dtype=np.int64), np.array(b_groups, dtype=np.int64)) if b_nodes else None
-        return np.array(los, dtype=np.int64), np.array(his, dtype=np.int64), np.array(bs, dtype=np.int64), found
+        out.lo.append(np.array(los, dtype=np.int64))
+        out.hi.append(np.array(his, dtype=np.int64))
+        if out.which is not None:
+            out.which.append(np.array(bs, dtype=np.int64))
+        if b_nodes:
+            out.found.append((np.array(b_nodes, dtype=np.int64), np.array(b_groups, dtype=np.int64)))
+        left = np.array(stack, dtype=np.int64).reshape(-1, 3)
+        return left[:, 0].copy(), left[:, 1].astype(np.int32), (left[:, 2].copy() if batch is not None else None)
 
     @cached_property
     def _lists(self) -> tuple[list[int], ...]:
@@ -289,17 +293,6 @@ class TokenTrie:
         sub = [int.from_bytes(row.tobytes(), "little") for row in self.sub_bytes.T.copy()]
         arrays = (self.node_byte, self.child_lo, self.child_hi, self.tok_lo, self.own_hi, self.sub_hi)
         return tuple(a.tolist() for a in arrays) + (sub,)
-
-
-def _state_facts(dfa: LazyTable, state: int, boundaries: bool) -> tuple[int, list[int] | None]:
-    """(the bytes that leave `state`, as a 256-bit int; the bytes that keep it alive, or None
-    where every child must be visited: when lexeme ends are reported and the state ends one,
-    each dead child is a boundary)."""
-    row = dfa.row(state)  # builds the row, and with it leave_bytes
-    leave = int.from_bytes(dfa.leave_bytes[:, state].tobytes(), "little")
-    if boundaries and dfa.accept_group[state] >= 0:
-        return leave, None
-    return leave, np.flatnonzero(row[dfa.byte_class] >= 0).tolist()
 
 
 def _expand(first: np.ndarray, count: np.ndarray, total: int) -> np.ndarray:
