@@ -85,6 +85,12 @@ class Lexer(LazyTable):
 
     def _build_row(self, state: int) -> list[int]:
         current = self._tuples[state]
+        if len(current) == 1:  # inside a lexeme that only one terminal can still be: its row
+            k, s = current[0]
+            nxt = self._parts[k].row(s)[self._joint[k]]
+            values, inverse = np.unique(nxt, return_inverse=True)
+            targets = np.array([self._intern(((k, n),)) if n >= 0 else -1 for n in values.tolist()], dtype=np.int32)
+            return targets[inverse.reshape(-1)]
         rows = [(k, self._parts[k].row(s)[self._joint[k]].tolist()) for k, s in current]
         out = []
         seen: dict[tuple, int] = {}  # equal next-state columns lead to the same state

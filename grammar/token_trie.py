@@ -28,8 +28,8 @@ from .bitmask import pack_bool_mask
 from .lazy_table import LazyTable
 
 
-# a walk goes on in Python (see _walk_tail) while at most TAIL_NODES candidates are left, for at
-# most TAIL_VISITS nodes at a time: on narrow frontiers numpy's cost per call dominates
+# a walk goes on in Python (see _walk_tail) from a frontier of at most TAIL_NODES candidates, for
+# at most TAIL_VISITS live nodes at a time: on narrow frontiers numpy's cost per call dominates
 TAIL_NODES = 64
 TAIL_VISITS = 400
 FEW_BYTES = 16  # a single walk from a state that lets at most this many bytes through looks them up
@@ -191,92 +191,105 @@ class TokenTrie:
         list of (nodes, groups) arrays where a lexeme ends.
 
         Frontier by frontier in numpy while it is wide; a narrow one (at most TAIL_NODES
-        candidates) goes depth first in Python (`_walk_tail`), which hands what is left back
-        after TAIL_VISITS nodes if the subtrees turn out large."""
-        byte_class = dfa.byte_class
+        candidates) goes depth first in Python (`_walk_tail`), which hands the live nodes it
+        has not expanded back after TAIL_VISITS nodes if the subtrees turn out large."""
         out = _WalkOutput([], [], [] if batch is not None else None, [])
-        tail_ok = True
         while nodes.shape[0]:
-            if tail_ok and nodes.shape[0] <= TAIL_NODES:
-                nodes, prev, batch = self._walk_tail(dfa, nodes, prev, batch, boundaries, out)
-                tail_ok = False  # one numpy step before the next hand-over: progress
-                continue
-            tail_ok = True
-            table = dfa.ensure(prev)
-            nxt = table[prev, byte_class[self.node_byte[nodes]]]
-            ok = nxt >= 0
-            if boundaries:
-                group = dfa.accept_group[prev]
-                hit = ~ok & (group >= 0)
-                if hit.any():
-                    out.found.append((nodes[hit], group[hit].astype(np.int64)))
-            nodes = nodes[ok]
-            state = nxt[ok]
-            if batch is not None:
-                batch = batch[ok]
-                out.which.append(batch)
-            # a subtree that never leaves `state` is allowed whole and not visited
-            sub, leave = self.sub_bytes, dfa.leave_bytes
-            whole = (
-                (sub[0][nodes] & leave[0][state])
-                | (sub[1][nodes] & leave[1][state])
-                | (sub[2][nodes] & leave[2][state])
-                | (sub[3][nodes] & leave[3][state])
-            ) == 0
-            out.lo.append(self.tok_lo[nodes])
-            out.hi.append(np.where(whole, self.sub_hi[nodes], self.own_hi[nodes]))
-            open_ = ~whole
-            parents = nodes[open_]
-            first = self.child_lo[parents]
-            count = self.child_hi[parents] - first
-            total = int(count.sum())
-            nodes = _expand(first, count, total)
-            prev = np.repeat(state[open_], count)
-            if batch is not None:
-                batch = np.repeat(batch[open_], count)
+            if nodes.shape[0] <= TAIL_NODES:
+                nodes, state, batch = self._walk_tail(dfa, nodes, prev, batch, boundaries, out)
+                if not nodes.shape[0]:
+                    break
+            else:
+                nodes, state, batch = self._take(dfa, nodes, prev, batch, boundaries, out)
+            nodes, prev, batch = self._expand_live(dfa, nodes, state, batch, out)
         empty = np.zeros(0, dtype=np.int64)
         lo = np.concatenate(out.lo) if out.lo else empty
         hi = np.concatenate(out.hi) if out.hi else empty
         which = None if batch is None else np.concatenate(out.which) if out.which else empty
         return lo, hi, which, out.found
 
+    def _take(self, dfa, nodes, prev, batch, boundaries, out: "_WalkOutput"):
+        """Candidates -> the live ones (nodes, their states, batch); lexeme ends to `out`."""
+        table = dfa.ensure(prev)
+        nxt = table[prev, dfa.byte_class[self.node_byte[nodes]]]
+        ok = nxt >= 0
+        if boundaries:
+            group = dfa.accept_group[prev]
+            hit = ~ok & (group >= 0)
+            if hit.any():
+                out.found.append((nodes[hit], group[hit].astype(np.int64)))
+        return nodes[ok], nxt[ok], None if batch is None else batch[ok]
+
+    def _expand_live(self, dfa, nodes, state, batch, out: "_WalkOutput"):
+        """Live nodes (in `state`) -> their tokens to `out`, and the candidates below them
+        (nodes, prev, batch). A subtree that never leaves `state` is allowed whole and not
+        visited."""
+        dfa.ensure(state[self.child_hi[nodes] > self.child_lo[nodes]])  # leave_bytes where needed
+        sub, leave = self.sub_bytes, dfa.leave_bytes
+        whole = (
+            (sub[0][nodes] & leave[0][state])
+            | (sub[1][nodes] & leave[1][state])
+            | (sub[2][nodes] & leave[2][state])
+            | (sub[3][nodes] & leave[3][state])
+        ) == 0
+        out.lo.append(self.tok_lo[nodes])
+        out.hi.append(np.where(whole, self.sub_hi[nodes], self.own_hi[nodes]))
+        if batch is not None:
+            out.which.append(batch)
+        open_ = ~whole
+        parents = nodes[open_]
+        first = self.child_lo[parents]
+        count = self.child_hi[parents] - first
+        children = _expand(first, count, int(count.sum()))
+        return children, np.repeat(state[open_], count), None if batch is None else np.repeat(batch[open_], count)
+
     def _walk_tail(self, dfa, nodes, prev, batch, boundaries, out: "_WalkOutput"):
-        """`_walk` depth first in Python, appending to `out`; after TAIL_VISITS nodes, returns
-        the candidates not yet taken (nodes, prev, batch; empty when done). Where a state lets
-        few bytes through and a node has many children, only the children with those bytes
-        are looked up (children are sorted by byte)."""
+        """`_take` and `_expand_live` depth first in Python, appending to `out`; returns the
+        live nodes not expanded after TAIL_VISITS (nodes, states, batch; empty when done).
+        Where a state lets few bytes through and a node has many children, only the children
+        with those bytes are looked up (children are sorted by byte)."""
         byte, child_lo, child_hi, tok_lo, own_hi, sub_hi, sub = self._lists
         cls = dfa._class_list
+        row_lists = dfa._row_lists
         los, his, bs, b_nodes, b_groups = [], [], [], [], []
+        stack = []  # live nodes: (node, state after its byte, batch)
         batches = batch.tolist() if batch is not None else [0] * nodes.shape[0]
-        stack = list(zip(nodes.tolist(), prev.tolist(), batches))
+        for v, q, b in zip(nodes.tolist(), prev.tolist(), batches):
+            row = row_lists.get(q) or dfa.row_list(q)
+            nq = row[cls[byte[v]]]
+            if nq >= 0:
+                stack.append((v, nq, b))
+            elif boundaries and dfa.accept_group[q] >= 0:
+                b_nodes.append(v)
+                b_groups.append(int(dfa.accept_group[q]))
         visits = 0
         while stack and visits < TAIL_VISITS:
             visits += 1
             v, q, b = stack.pop()
-            nq = dfa.row_list(q)[cls[byte[v]]]
-            if nq < 0:
-                if boundaries:
-                    group = int(dfa.accept_group[q])
-                    if group >= 0:
-                        b_nodes.append(v)
-                        b_groups.append(group)
-                continue
             los.append(tok_lo[v])
             bs.append(b)
-            if sub[v]:
-                leave_set, live = dfa.walk_facts(nq, boundaries)
-                if not sub[v] & leave_set:
+            below = sub[v]
+            if below:
+                leave_set, live = dfa.walk_facts(q, boundaries)
+                if not below & leave_set:
                     his.append(sub_hi[v])
                     continue
+                row = row_lists.get(q) or dfa.row_list(q)
                 lo, hi = child_lo[v], child_hi[v]
                 if live is not None and 4 * len(live) < hi - lo:
                     for x in live:
                         c = bisect_left(byte, x, lo, hi)
                         if c < hi and byte[c] == x:
-                            stack.append((c, nq, b))
+                            stack.append((c, row[cls[x]], b))
                 else:
-                    stack.extend([(c, nq, b) for c in range(lo, hi)])
+                    group = int(dfa.accept_group[q]) if boundaries else -1
+                    for c in range(lo, hi):
+                        nq = row[cls[byte[c]]]
+                        if nq >= 0:
+                            stack.append((c, nq, b))
+                        elif group >= 0:
+                            b_nodes.append(c)
+                            b_groups.append(group)
             his.append(own_hi[v])
         out.lo.append(np.array(los, dtype=np.int64))
         out.hi.append(np.array(his, dtype=np.int64))
