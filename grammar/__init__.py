@@ -22,8 +22,11 @@ How it works (one file per step):
   DFA), an Earley recognizer with persistent nodes, and a lazily built product lexer per set of
   terminals the parser expects.
 - regex_matcher.py / cfg_matcher.py: a token mask is a vectorized walk of the trie through the
-  (lexer) DFA, cached per state, so repeated states cost a dict lookup and a row copy;
-  bitmask.py holds the packed layout the runtime and kernels share.
+  (lexer) DFA (subtrees that never leave a self-looping state are taken whole; narrow frontiers
+  go on in Python), cached per state, so repeated states cost a dict lookup and a row copy. A
+  regex constraint precomputes its states' masks at compile time, breadth-first within
+  `CompileOptions.precompute_s`, in batched walks, one per class of states alike for the longest
+  token's length; bitmask.py holds the packed layout the runtime and kernels share.
 - Performance note for servers: lazily built automata allocate many small Python objects; call
   `gc.freeze()` after startup so that cyclic-GC passes do not rescan long-lived objects.
 """

@@ -13,7 +13,8 @@ matched as UTF-8 bytes, so tokens that split a multi-byte character are handled.
 `GrammarError` naming the construct: backreferences, lookahead/lookbehind, `\\b \\B \\A \\Z`,
 `^`/`$` elsewhere, `\\p{..}`, conditionals. Patterns whose NFA is over 200k states or takes
 longer than `timeout_s` to build are rejected too; DFAs are built lazily (state by state as
-generation reaches them), so a pathological pattern such as `(a|b)*a(a|b){20}` compiles at once.
+generation reaches them, beyond what `precompute_s` covers at compile time), so a pathological
+pattern such as `(a|b)*a(a|b){20}` compiles within that budget.
 
 grammar (`compile_grammar`): lark grammar text, loaded by lark's own grammar loader (rules,
 `?rule` inlining, templates, EBNF `? * + [] ~`, string literals incl. `"..."i`, regex terminals

@@ -84,7 +84,10 @@ class CompiledRegex(CompiledGrammar):
             if started >= deadline:
                 break
             chunk = order[done : done + size]
-            masks = trie.walk_many(view, states[first[chunk]])
+            try:
+                masks = trie.walk_many(view, states[first[chunk]])
+            except GrammarError:  # the walk reached the state budget: the rest stays lazy
+                break
             masks.flags.writeable = False
             with self._lock:
                 for c, mask in zip(chunk.tolist(), masks):

@@ -92,3 +92,10 @@ def test_precomputed_masks_equal_lazy_masks(info, gen, pattern):
                 break
             t = rng.choice(choices)
             assert m_eager.accept(t) and m_lazy.accept(t)
+
+
+def test_precompute_stops_quietly_at_the_state_budget(info, gen):
+    # the DFA of this pattern has ~2**15 states: the budget ends precomputation, not compilation
+    compiled = compile_regex(r"(a|b)*a(a|b){14}", info, CompileOptions(max_dfa_states=200, precompute_s=10.0))
+    assert 0 < compiled.num_cached_states <= 200
+    assert gen.allowed_tokens(compiled.matcher(), info.vocab_size).any()
