@@ -18,15 +18,14 @@ the numpy per-call overhead: how a compiled constraint precomputes its masks.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Sequence
 
 import numpy as np
 
 from .bitmask import pack_bool_mask
 from .lazy_table import LazyTable
-
 
 # a walk goes on in Python (see _walk_tail) from a frontier of at most TAIL_NODES candidates, for
 # at most TAIL_VISITS live nodes at a time: on narrow frontiers numpy's cost per call dominates
@@ -208,7 +207,7 @@ class TokenTrie:
         which = None if batch is None else np.concatenate(out.which) if out.which else empty
         return lo, hi, which, out.found
 
-    def _take(self, dfa, nodes, prev, batch, boundaries, out: "_WalkOutput"):
+    def _take(self, dfa, nodes, prev, batch, boundaries, out: _WalkOutput):
         """Candidates -> the live ones (nodes, their states, batch); lexeme ends to `out`."""
         table = dfa.ensure(prev)
         nxt = table[prev, dfa.byte_class[self.node_byte[nodes]]]
@@ -220,7 +219,7 @@ class TokenTrie:
                 out.found.append((nodes[hit], group[hit].astype(np.int64)))
         return nodes[ok], nxt[ok], None if batch is None else batch[ok]
 
-    def _expand_live(self, dfa, nodes, state, batch, out: "_WalkOutput"):
+    def _expand_live(self, dfa, nodes, state, batch, out: _WalkOutput):
         """Live nodes (in `state`) -> their tokens to `out`, and the candidates below them
         (nodes, prev, batch). A subtree that never leaves `state` is allowed whole and not
         visited."""
@@ -243,7 +242,7 @@ class TokenTrie:
         children = _expand(first, count, int(count.sum()))
         return children, np.repeat(state[open_], count), None if batch is None else np.repeat(batch[open_], count)
 
-    def _walk_tail(self, dfa, nodes, prev, batch, boundaries, out: "_WalkOutput"):
+    def _walk_tail(self, dfa, nodes, prev, batch, boundaries, out: _WalkOutput):
         """`_take` and `_expand_live` depth first in Python, appending to `out`; returns the
         live nodes not expanded after TAIL_VISITS (nodes, states, batch; empty when done).
         Where a state lets few bytes through and a node has many children, only the children
