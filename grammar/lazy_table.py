@@ -11,7 +11,8 @@ Alongside each built row, `leave_bytes` (uint64 [4, capacity + 1]: word k holds 
 a 256-bit set) holds the bytes
 that do NOT lead from the state back to itself: a trie subtree none of whose bytes is in that
 set stays in the state all along, so a walk takes it whole without visiting it
-(grammar/token_trie.py). The dead row's set is full.
+(grammar/token_trie.py); `leave_folded` (uint64 [2, capacity + 1]) is the same set folded to 128
+bits for the vectorized walk (fold_byte_sets). The dead row's sets are full.
 """
 
 from __future__ import annotations
@@ -26,6 +27,16 @@ from .errors import GrammarError
 
 NOT_BUILT = -2
 ALL_BYTES = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+
+
+def fold_byte_sets(sets: np.ndarray) -> np.ndarray:
+    """uint64 [4, m] 256-bit byte sets -> uint64 [2, m] 128-bit ones where bit 127 stands for
+    every byte >= 127. Folded sets that share no bit share no byte (the converse may fail only
+    for sets that both hold bytes >= 127)."""
+    high = ((sets[1] >> np.uint64(63)) | sets[2] | sets[3]) != 0
+    top = np.uint64(1) << np.uint64(63)
+    return np.stack([sets[0], (sets[1] & ~top) | np.where(high, top, np.uint64(0))])
+
 
 
 class LazyTable(ABC):
@@ -48,16 +59,19 @@ class LazyTable(ABC):
         table = np.full((capacity + 1, self.num_classes), NOT_BUILT, dtype=np.int32)
         built = np.zeros(capacity + 1, dtype=bool)
         leave = np.full((4, capacity + 1), ALL_BYTES, dtype=np.uint64)
+        folded = np.full((2, capacity + 1), ALL_BYTES, dtype=np.uint64)
         if self.num_states:
             table[: self.num_states] = self.table[: self.num_states]
             built[: self.num_states] = self.built[: self.num_states]
             leave[:, : self.num_states] = self.leave_bytes[:, : self.num_states]
+            folded[:, : self.num_states] = self.leave_folded[:, : self.num_states]
         table[capacity] = -1
         built[capacity] = True  # index -1: the dead row
         self.capacity = capacity
         self.table = table
         self.built = built
         self.leave_bytes = leave
+        self.leave_folded = folded
         self._grow_extra(capacity)
 
     def _grow_extra(self, capacity: int) -> None:
@@ -84,7 +98,11 @@ class LazyTable(ABC):
     def _store_row(self, state: int, row) -> None:
         row = np.asarray(row, dtype=np.int32)
         stay = row[self.byte_class] == state  # [256]: bytes that lead back to the state
-        self.leave_bytes[:, state] = np.packbits(~stay, bitorder="little").view(np.uint64)
+        words = np.packbits(~stay, bitorder="little").view(np.uint64)
+        self.leave_bytes[:, state] = words
+        w0, w1, w2, w3 = words.tolist()  # fold_byte_sets of one set, in Python ints (cheaper)
+        high = (w1 >> 63) | w2 | w3
+        self.leave_folded[:, state] = (w0, (w1 & ~(1 << 63)) | ((1 << 63) if high else 0))
         self.table[state] = row
         self.built[state] = True
 

@@ -25,11 +25,12 @@ from functools import cached_property
 import numpy as np
 
 from .bitmask import pack_bool_mask
-from .lazy_table import LazyTable
+from .lazy_table import LazyTable, fold_byte_sets
 
 # a walk goes on in Python (see _walk_tail) from a frontier of at most TAIL_NODES candidates, for
 # at most TAIL_VISITS live nodes at a time: on narrow frontiers numpy's cost per call dominates
 TAIL_NODES = 64
+TAIL_NODES_BATCH = 16  # a batched walk's last few candidates (long multi-byte tokens)
 TAIL_VISITS = 400
 FEW_BYTES = 16  # a single walk from a state that lets at most this many bytes through looks them up
 FEW_TOKENS = 2048  # a mask with at most this many tokens is packed word by word
@@ -68,7 +69,12 @@ class TokenTrie:
     (nodes in its subtree, itself included); its own tokens (several when tokens share bytes)
     are tok_order[tok_lo[v]:own_hi[v]] and the tokens of its whole subtree
     tok_order[tok_lo[v]:sub_hi[v]]; sub_bytes[:, v] (uint64 [4]: word k holds bytes 64k..64k+63
-    of a 256-bit set) holds the bytes of its strict descendants.
+    of a 256-bit set) holds the bytes of its strict descendants. A unary chain (long tokens
+    such as "-----...": nodes with one child each) is walked in one step where its bytes keep
+    the state: chain_end[v] is the first node from v down with other than one child, and
+    chain_bytes[:, v] the bytes from v (excluded) to chain_end[v] (chain_head_bytes: without
+    chain_end[v]'s own, for chains that keep the state up to their last byte); the tokens on
+    the way are tok_order[tok_lo[v]:own_hi[chain_end[v]]] (depth-first order).
     """
 
     def __init__(self, token_bytes: Sequence[bytes | None]):
@@ -110,6 +116,22 @@ class TokenTrie:
             np.bitwise_or.at(sub, self.node_parent[lo:hi], sub[lo:hi] | bit[lo:hi])
         self.sub_bytes = np.ascontiguousarray(sub.T)  # [4, n]: one contiguous array per word
         self.sub_size = size
+        # unary chains: from v, follow single children to the first node with 0 or 2+ children
+        chain_end = np.arange(n, dtype=np.int64)
+        head = np.zeros((n, 4), dtype=np.uint64)  # chain bytes but chain_end's own
+        single = (self.child_hi - self.child_lo) == 1
+        for lo, hi in reversed([(0, 1)] + self.levels):
+            nodes = np.arange(lo, hi, dtype=np.int64)[single[lo:hi]]
+            only = self.child_lo[nodes]
+            chain_end[nodes] = chain_end[only]
+            head[nodes] = np.where((chain_end[only] == only)[:, None], 0, head[only] | bit[only])
+        self.chain_end = chain_end
+        self.chain_head_bytes = np.ascontiguousarray(head.T)
+        self.chain_bytes = np.ascontiguousarray(np.where(single[:, None], head | bit[chain_end], 0).T)
+        # the vectorized walk tests folded sets (half the work; see fold_byte_sets)
+        self._sub_folded = fold_byte_sets(self.sub_bytes)
+        self._chain_folded = fold_byte_sets(self.chain_bytes)
+        self._head_folded = fold_byte_sets(self.chain_head_bytes)
         tokens = np.nonzero(token_node >= 0)[0]
         pre = token_node[tokens]  # preorder position of each token's node
         by_pre = np.lexsort((tokens, pre))
@@ -190,11 +212,12 @@ class TokenTrie:
         list of (nodes, groups) arrays where a lexeme ends.
 
         Frontier by frontier in numpy while it is wide; a narrow one (at most TAIL_NODES
-        candidates) goes depth first in Python (`_walk_tail`), which hands the live nodes it
-        has not expanded back after TAIL_VISITS nodes if the subtrees turn out large."""
+        candidates, TAIL_NODES_BATCH in a batch) goes depth first in Python (`_walk_tail`),
+        which hands the live nodes it has not expanded back after TAIL_VISITS nodes if the
+        subtrees turn out large."""
         out = _WalkOutput([], [], [] if batch is not None else None, [])
         while nodes.shape[0]:
-            if nodes.shape[0] <= TAIL_NODES:
+            if nodes.shape[0] <= (TAIL_NODES if batch is None else TAIL_NODES_BATCH):
                 nodes, state, batch = self._walk_tail(dfa, nodes, prev, batch, boundaries, out)
                 if not nodes.shape[0]:
                     break
@@ -221,22 +244,24 @@ class TokenTrie:
 
     def _expand_live(self, dfa, nodes, state, batch, out: _WalkOutput):
         """Live nodes (in `state`) -> their tokens to `out`, and the candidates below them
-        (nodes, prev, batch). A subtree that never leaves `state` is allowed whole and not
-        visited."""
+        (nodes, prev, batch). A unary chain whose bytes keep `state` is taken in one step, and
+        a subtree that never leaves `state` is allowed whole and not visited."""
         dfa.ensure(state[self.child_hi[nodes] > self.child_lo[nodes]])  # leave_bytes where needed
-        sub, leave = self.sub_bytes, dfa.leave_bytes
-        whole = (
-            (sub[0][nodes] & leave[0][state])
-            | (sub[1][nodes] & leave[1][state])
-            | (sub[2][nodes] & leave[2][state])
-            | (sub[3][nodes] & leave[3][state])
-        ) == 0
+        leave = dfa.leave_folded
         out.lo.append(self.tok_lo[nodes])
-        out.hi.append(np.where(whole, self.sub_hi[nodes], self.own_hi[nodes]))
+        # the whole chain keeps the state, or all of it but its last byte (a long run ended by
+        # a newline, a quote, ...): jump to its end, or to the node before
+        ends = np.where(
+            _disjoint(self._chain_folded, nodes, leave, state),
+            self.chain_end[nodes],
+            np.where(_disjoint(self._head_folded, nodes, leave, state), self.node_parent[self.chain_end[nodes]], nodes),
+        )
+        whole = _disjoint(self._sub_folded, ends, leave, state)
+        out.hi.append(np.where(whole, self.sub_hi[ends], self.own_hi[ends]))
         if batch is not None:
             out.which.append(batch)
         open_ = ~whole
-        parents = nodes[open_]
+        parents = ends[open_]
         first = self.child_lo[parents]
         count = self.child_hi[parents] - first
         children = _expand(first, count, int(count.sum()))
@@ -247,7 +272,7 @@ class TokenTrie:
         live nodes not expanded after TAIL_VISITS (nodes, states, batch; empty when done).
         Where a state lets few bytes through and a node has many children, only the children
         with those bytes are looked up (children are sorted by byte)."""
-        byte, child_lo, child_hi, tok_lo, own_hi, sub_hi, sub = self._lists
+        byte, child_lo, child_hi, tok_lo, own_hi, sub_hi, sub, chain_end, chain, head, parent = self._lists
         cls = dfa._class_list
         row_lists = dfa._row_lists
         los, his, bs, b_nodes, b_groups = [], [], [], [], []
@@ -270,6 +295,12 @@ class TokenTrie:
             below = sub[v]
             if below:
                 leave_set, live = dfa.walk_facts(q, boundaries)
+                if chain[v]:
+                    if not chain[v] & leave_set:
+                        v = chain_end[v]
+                    elif not head[v] & leave_set:
+                        v = parent[chain_end[v]]
+                    below = sub[v]
                 if not below & leave_set:
                     his.append(sub_hi[v])
                     continue
@@ -301,10 +332,18 @@ class TokenTrie:
 
     @cached_property
     def _lists(self) -> tuple[list[int], ...]:
-        """Per-node arrays as Python lists (sub_bytes as 256-bit ints), for `_walk_tail`."""
+        """Per-node arrays as Python lists (byte sets as 256-bit ints), for `_walk_tail`."""
         sub = [int.from_bytes(row.tobytes(), "little") for row in self.sub_bytes.T.copy()]
+        chain = [int.from_bytes(row.tobytes(), "little") for row in self.chain_bytes.T.copy()]
+        head = [int.from_bytes(row.tobytes(), "little") for row in self.chain_head_bytes.T.copy()]
         arrays = (self.node_byte, self.child_lo, self.child_hi, self.tok_lo, self.own_hi, self.sub_hi)
-        return tuple(a.tolist() for a in arrays) + (sub,)
+        return tuple(a.tolist() for a in arrays) + (sub, self.chain_end.tolist(), chain, head, self.node_parent.tolist())
+
+
+def _disjoint(node_sets: np.ndarray, nodes: np.ndarray, state_sets: np.ndarray, states: np.ndarray) -> np.ndarray:
+    """bool [len(nodes)]: the folded sets node_sets[:, nodes] and state_sets[:, states] (both
+    uint64 [2, ...], see fold_byte_sets) share no bit, so the byte sets share no byte."""
+    return ((node_sets[0][nodes] & state_sets[0][states]) | (node_sets[1][nodes] & state_sets[1][states])) == 0
 
 
 def _expand(first: np.ndarray, count: np.ndarray, total: int) -> np.ndarray:
