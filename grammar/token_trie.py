@@ -20,7 +20,6 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
@@ -100,6 +99,7 @@ class TokenTrie:
         bounds = np.searchsorted(self.node_depth, np.arange(self.max_depth + 2))
         self.levels = [(int(bounds[d]), int(bounds[d + 1])) for d in range(1, self.max_depth + 1)]
         self._subtree_arrays(order, token_node)
+        self._lists = self._python_lists()
 
     def _subtree_arrays(self, preorder: np.ndarray, token_node: np.ndarray) -> None:
         """tok_order, tok_lo / own_hi / sub_hi and sub_bytes (see the class docstring), from
@@ -330,8 +330,7 @@ class TokenTrie:
         left = np.array(stack, dtype=np.int64).reshape(-1, 3)
         return left[:, 0].copy(), left[:, 1].astype(np.int32), (left[:, 2].copy() if batch is not None else None)
 
-    @cached_property
-    def _lists(self) -> tuple[list[int], ...]:
+    def _python_lists(self) -> tuple[list[int], ...]:
         """Per-node arrays as Python lists (byte sets as 256-bit ints), for `_walk_tail`."""
         sub = [int.from_bytes(row.tobytes(), "little") for row in self.sub_bytes.T.copy()]
         chain = [int.from_bytes(row.tobytes(), "little") for row in self.chain_bytes.T.copy()]
