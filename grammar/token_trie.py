@@ -9,7 +9,10 @@ every byte leads back to the state itself) would make the walk visit the whole t
 live node whose subtree uses only bytes that keep its state (`sub_bytes` against the DFA's
 `leave_bytes`) is taken whole: all its tokens are allowed and none of it is visited. Tokens are
 listed in the trie's depth-first order (`tok_order`), where the tokens of a subtree are one
-contiguous range, so such a subtree costs one range.
+contiguous range, so such a subtree costs one range. Likewise a unary chain (a long token such
+as "-------") whose bytes keep the state is crossed in one step. Narrow frontiers (a restrictive
+state: a few live nodes) go on depth first in Python, where numpy's per-call cost would
+dominate.
 
 Several walks (different start states of one DFA) run as one batch (`walk_many`), which shares
 the numpy per-call overhead: how a compiled constraint precomputes its masks.
