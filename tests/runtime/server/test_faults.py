@@ -15,7 +15,7 @@ import pytest
 
 from tests.runtime.server.conftest import wait_idle
 
-LONG = {"max_new_tokens": 1500, "ignore_eos": True, "temperature": 0}
+LONG = {"max_new_tokens": 2000, "ignore_eos": True, "temperature": 0}
 
 
 def _finished(metrics_text: str, reason: str) -> float:
