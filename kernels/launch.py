@@ -17,11 +17,22 @@ tensors take the ordinary compiled path. The CPU path exists for tests and devel
 (it is slow: every program instance runs in numpy); production code on CPU uses the `ref_*`
 functions. Swapping module attributes is not thread-safe against a concurrent GPU compile in the
 same process, which is why nothing but tests should launch on CPU while a GPU is in use.
+
+Programmatic dependent launch (PDL, Hopper and later): a kernel launched with it may start while
+the kernel before it in the stream is still finishing, so its launch latency and its reads of
+constant data (weights) overlap the predecessor's tail. Such a kernel declares a
+`USE_PDL: tl.constexpr` parameter and calls `pdl_wait(USE_PDL)` before it reads anything an
+earlier kernel wrote and before it writes anything (its output buffer may still be read by the
+predecessor); `pdl_launch_dependents(USE_PDL)` lets the next kernel start early. `launch(...,
+pdl=True)` passes `USE_PDL` and the launch attribute when `pdl_enabled` says the device supports
+it; `$LMLANG_PDL=0` turns it off everywhere.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 from typing import Any, Callable, Iterator, Sequence, Union
 
 import torch
@@ -68,14 +79,52 @@ def _device_of(args: tuple, kwargs: dict) -> torch.device:
     raise ValueError("a kernel launch needs at least one tensor argument")
 
 
-def launch(kernel: JITFunction | InterpretedFunction, grid: Grid, *args: Any, **kwargs: Any) -> None:
+PDL_ENV = "LMLANG_PDL"
+
+
+@functools.lru_cache(maxsize=None)
+def _pdl_capable(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index) >= (9, 0)
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    """Whether kernels on `device` launch with programmatic dependent launch (see the module doc):
+    a CUDA device of compute capability 9.0 or later, unless `$LMLANG_PDL` is "0"."""
+    if device.type != "cuda" or os.environ.get(PDL_ENV, "1") == "0":
+        return False
+    return _pdl_capable(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@triton.jit
+def pdl_wait(USE_PDL: tl.constexpr):
+    """Waits until the previous kernel in the stream has finished and its writes are visible."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def pdl_launch_dependents(USE_PDL: tl.constexpr):
+    """Lets the next kernel in the stream launch before this one finishes (a hint)."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+def launch(
+    kernel: JITFunction | InterpretedFunction, grid: Grid, *args: Any, pdl: bool = False, **kwargs: Any
+) -> None:
     """Runs `kernel[grid](*args, **kwargs)` on the device of the first tensor argument.
 
     On CPU the launch goes through triton's interpreter whatever `TRITON_INTERPRET` was when
     triton or the kernel's module was imported; launch options such as `num_warps` are accepted
-    and ignored there.
+    and ignored there. `pdl=True` is for kernels with a `USE_PDL` constexpr (see the module doc):
+    it sets `USE_PDL` and the launch attribute where `pdl_enabled`, else `USE_PDL=False`.
     """
-    if _device_of(args, kwargs).type != "cpu":
+    device = _device_of(args, kwargs)
+    if pdl:
+        kwargs["USE_PDL"] = use = pdl_enabled(device)
+        if use:
+            kwargs["launch_pdl"] = True
+    if device.type != "cpu":
         kernel[grid](*args, **kwargs)
         return
     interpreted = _as_interpreted(kernel)
