@@ -17,6 +17,10 @@ Drives `ModelRunner` directly (no scheduler, no front end), as SGLang's bench_on
   of attention does not depend on the values.
 - compare: eager vs CUDA graph vs torch.compile + graph at the `--compare` batch sizes: the
   first-run cost (graph capture, compilation) and the decode step time.
+- engine (`--engine-itl 1:1024`): the same decode through the whole engine (scheduler, overlap
+  scheduling, sampler, detokenizer-free streaming): `bs` requests of `ctx` random prompt tokens,
+  `--engine-tokens` outputs each; the time per output token after the first (TPOT, median over the
+  requests) is the decode step time a user sees, host work hidden behind the GPU by overlap.
 - profile (`--profile 1:1024,64:1024`): for those decode shapes, the host time of each phase of a
   graph step (batch build, attention planning, replay launch) and the GPU time per kernel of a
   replay (torch.profiler over a few replays), largest first.
@@ -170,6 +174,45 @@ def profile_decode(runner: ModelRunner, bs: int, ctx: int, reps: int = 5) -> dic
     return out
 
 
+def bench_engine_itl(path: str, bs: int, ctx: int, tokens: int, costs: dict, limits: dict,
+                     backend: str | None) -> dict:
+    """Per-output-token time of `bs` concurrent streamed requests through the engine (see module doc)."""
+    import asyncio
+    import random
+
+    from lmlang.runtime import Engine
+
+    rng = random.Random(0)
+    params = dict(max_new_tokens=tokens, temperature=0, ignore_eos=True)
+
+    async def one(engine, ids: list) -> list:
+        stream = await engine.async_generate(input_ids=ids, sampling_params=params, stream=True)
+        stamps, seen = [], 0
+        async for chunk in stream:
+            n = len(chunk["output_ids"])
+            stamps.extend([time.perf_counter()] * (n - seen))
+            seen = n
+        return stamps
+
+    async def run(engine) -> list:
+        prompts = [[rng.randrange(3, engine.vocab_size) for _ in range(ctx)] for _ in range(bs)]
+        return await asyncio.gather(*[one(engine, ids) for ids in prompts])
+
+    with Engine(path, device="cuda", dtype="bfloat16", load_format="dummy", attention_backend=backend,
+                max_running_requests=max(bs, 1), cuda_graph_max_batch=max(bs, 1),
+                max_total_tokens=bs * (ctx + tokens) + 1024) as engine:
+        asyncio.run(run(engine))  # warm-up: graphs replayed once per bucket, caches touched
+        stamps = asyncio.run(run(engine))
+    tpot = statistics.median((s[-1] - s[0]) / (len(s) - 1) for s in stamps)
+    mid = ctx + tokens // 2  # the average context over the decode
+    row = dict(kind="engine", batch=bs, ctx=ctx, tokens=tokens, tpot_ms=tpot * 1e3, tok_per_s=bs / tpot,
+               **decode_floor(bs, mid, costs, limits))
+    row["x_floor"] = row["tpot_ms"] / row["floor_ms"]
+    print(f"engine b={bs:<4} ctx={ctx:<5} {tokens} tokens: {row['tpot_ms']:.2f} ms per token, floor at ctx {mid} "
+          f"{row['floor_ms']:.2f} ms, x{row['x_floor']:.2f}", flush=True)
+    return row
+
+
 def make_runner(path: str, **overrides) -> tuple:
     cfg = EngineConfig(model_path=path, device="cuda", dtype="bfloat16", load_format="dummy", **overrides)
     t0 = time.perf_counter()
@@ -223,6 +266,9 @@ def print_table(results: dict) -> None:
     for r in results["decode"]:
         print(f"{'decode b=%d ctx=%d' % (r['batch'], r['ctx']):<28} {r['ms']:>9.2f} {r.get('replay_ms', float('nan')):>9.2f} "
               f"{r['tok_per_s']:>10.0f} {r['floor_ms']:>9.2f} {r['x_floor']:>9.2f} x")
+    for r in results["engine"]:
+        print(f"{'engine b=%d ctx=%d' % (r['batch'], r['ctx']):<28} {r['tpot_ms']:>9.2f} {'':>9} "
+              f"{r['tok_per_s']:>10.0f} {r['floor_ms']:>9.2f} {r['x_floor']:>9.2f} x")
     for r in results["compare"]:
         steps = "  ".join(f"{k[4:]}={v:.2f} ms" for k, v in r.items() if k.startswith("ms_b"))
         print(f"{'compare ' + r['mode']:<28} capture {r['capture_s']:.1f} s, warm-up/compile {r['warmup_s']:.1f} s, "
@@ -242,11 +288,13 @@ def main() -> None:
     parser.add_argument("--compare-ctx", type=int, default=1024)
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--profile", default="", help="decode shapes to profile, e.g. 1:1024,64:1024")
+    parser.add_argument("--engine-itl", default="", help="engine decode shapes, e.g. 1:1024 (see module doc)")
+    parser.add_argument("--engine-tokens", type=int, default=256)
     parser.add_argument("--attention-backend", default=None, help="flashinfer (default) or triton")
     args = parser.parse_args()
     limits, info, path = start_dummy_model_run("benchmarks/one_batch.py", args.config)
     results = dict(model=pathlib.Path(args.config).stem, backend=args.attention_backend or "flashinfer", info=info, limits=limits, prefill=[], decode=[], compare=[],
-                   profile=[])
+                   profile=[], engine=[])
     runner, init_s = make_runner(path, cuda_graph_max_batch=max(args.batch), max_running_requests=max(args.batch),
                                  chunked_prefill_size=max(args.prefill), attention_backend=args.attention_backend)
     graphs = runner.graph_runner
@@ -266,6 +314,11 @@ def main() -> None:
         results["profile"].append(profile_decode(runner, bs, ctx))
     del runner, graphs
     release_memory()
+    for shape in [p for p in args.engine_itl.split(",") if p]:
+        bs, ctx = (int(x) for x in shape.split(":"))
+        results["engine"].append(bench_engine_itl(path, bs, ctx, args.engine_tokens, costs, limits,
+                                                  args.attention_backend))
+        release_memory()
     modes = [m for m in args.compare_modes.split(",") if m]
     if args.compare and modes:
         results["compare"] = bench_compare(path, args.compare, args.compare_ctx, modes, costs, limits, args.reps,
