@@ -43,6 +43,7 @@ from lmlang.runtime.forward_batch import ForwardBatch
 WORKSPACE_BYTES = 256 << 20  # FlashInfer's float workspace (split-KV partial results)
 KERNEL_BACKEND = "fa2"  # shared by prefill and tensor-core decode: one JIT module
 CUDA_CORE_DECODE_MAX_BATCH = 0  # decode batches of at most this many sequences skip the tensor cores
+TRITON_DECODE_MAX_BATCH = 8  # decode batches of at most this many sequences run the Triton kernel
 DECODE_ENV = "LMLANG_FLASHINFER_DECODE"
 
 
@@ -90,6 +91,8 @@ class FlashInferBackend(AttentionBackend):
         self._max_qo_len = 0
         self._plan_copied = torch.cuda.Event()  # recorded after each plan's host-to-device copies
         self._planned = False
+        self._small = None  # TritonAttentionBackend serving small decode batches (made at first use)
+        self._use_small = False
 
     # ---- planning ----------------------------------------------------------------------------
 
@@ -122,11 +125,27 @@ class FlashInferBackend(AttentionBackend):
         spec, dtype = self.spec, self.kv_pool.dtype
         return dict(q_data_type=dtype, kv_data_type=dtype, sm_scale=spec.scaling)
 
+    def _small_backend(self):
+        """The Triton backend that runs small decode batches (see the module docstring)."""
+        if self._small is None:
+            from lmlang.runtime.attention.triton_backend import TritonAttentionBackend
+
+            self._small = TritonAttentionBackend(self.kv_pool, self.device, self.spec)
+        return self._small
+
+    @staticmethod
+    def _small_decode(batch: ForwardBatch) -> bool:
+        return batch.mode.is_decode and batch.custom_mask is None and batch.batch_size <= TRITON_DECODE_MAX_BATCH
+
     def plan(self, batch: ForwardBatch) -> None:
         self._wrapper = None
         if self.spec is None:
             return  # the model attends without this backend (e.g. MLA)
         spec = self.spec
+        self._use_small = self._small_decode(batch)
+        if self._use_small:
+            self._small_backend().plan(batch)
+            return
         if batch.custom_mask is not None:
             self._max_qo_len = max(batch.extend_lens_cpu)
             return
@@ -156,10 +175,16 @@ class FlashInferBackend(AttentionBackend):
             torch.ones(max_batch_size, dtype=torch.int32, device=self.device),
         )
         self._graph_decode.clear()
+        if TRITON_DECODE_MAX_BATCH > 0:
+            self._small_backend().init_cuda_graph(min(max_batch_size, TRITON_DECODE_MAX_BATCH), max_kv_indices)
 
     def plan_cuda_graph(self, batch: ForwardBatch) -> None:
         if self._static is None:
             raise RuntimeError("init_cuda_graph must run before plan_cuda_graph")
+        self._use_small = self._small_decode(batch)
+        if self._use_small:
+            self._small_backend().plan_cuda_graph(batch)
+            return
         bs = batch.batch_size
         wrapper = self._graph_decode.get(bs)
         if wrapper is None:
@@ -199,6 +224,8 @@ class FlashInferBackend(AttentionBackend):
             raise RuntimeError("the flashinfer backend was built without an AttentionSpec; it cannot attend")
         if scaling != self.spec.scaling:
             raise ValueError(f"layer {layer_id} scales by {scaling}, the plan by {self.spec.scaling}")
+        if self._use_small:
+            return self._small.forward(q, k, v, layer_id, scaling, batch)
         pool = self.kv_pool
         k_buf, v_buf = pool.k_buffer[layer_id], pool.v_buffer[layer_id]
         store_kv(k_buf, v_buf, batch.out_cache_loc, k, v)
