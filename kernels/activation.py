@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lmlang.kernels.launch import launch
+from lmlang.kernels.launch import launch, pdl_launch_dependents, pdl_wait
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _BLOCK = 1024
@@ -23,10 +23,13 @@ def silu_and_mul_kernel(
     d,
     x_row_stride,
     BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_launch_dependents(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < d
+    pdl_wait(USE_PDL)
     gate = tl.load(x_ptr + row * x_row_stride + offs, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * x_row_stride + d + offs, mask=mask, other=0.0)
     act = (gate * tl.sigmoid(gate)).to(x_ptr.dtype.element_ty)
@@ -48,7 +51,8 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     rows = x2.shape[0]
-    launch(silu_and_mul_kernel, (rows, triton.cdiv(d, _BLOCK)), x2, out, d, x2.stride(0), BLOCK=_BLOCK, num_warps=4)
+    launch(silu_and_mul_kernel, (rows, triton.cdiv(d, _BLOCK)), x2, out, d, x2.stride(0),
+           BLOCK=_BLOCK, num_warps=4, pdl=True)
     return out
 
 

@@ -18,6 +18,14 @@ Two ways to multiply, picked by `GemvConfig.use_dot`:
   `w_tile [BLOCK_N, BLOCK_K] @ x_tile.T [BLOCK_K, 16]`; one program covers all M rows, and
   triton pipelines the weight loads `num_stages` deep.
 
+The step before a projection can run inside it (`gemv_input`): a gated input (`gated=True`,
+`silu(gate) * up` for the down projection) or a residual-add + RMSNorm of x (`norm=NormInput`),
+computed per BLOCK_K chunk, so that step needs no launch of its own.
+
+Launch latency is hidden with programmatic dependent launch (`launch.pdl_enabled`): every
+program reads its first weight tile, then waits for the previous kernel (`pdl_wait`), then
+reads x; the next kernel may launch as soon as every program has started.
+
 Which config (or cuBLAS) is fastest per (N, K, M) is measured by `benchmarks/gemv_bench.py` and
 stored as a table (`gemv_config`); `runtime/layers/linear.py` consults it.
 """
@@ -35,7 +43,14 @@ import torch
 import triton
 import triton.language as tl
 
-from lmlang.kernels.launch import dot_needs_fp32, launch
+from lmlang.kernels.gemv_input import (
+    NormInput,
+    check_gated_input,
+    check_norm_input,
+    input_chunk,
+    row_rstd,
+)
+from lmlang.kernels.launch import dot_needs_fp32, launch, pdl_launch_dependents, pdl_wait
 
 MAX_M = 8  # the largest row count this kernel serves
 DOT_ROWS = 16  # tensor-core tiles are at least 16 wide: x is padded to this many rows
@@ -69,20 +84,25 @@ class GemvConfig:
         return asdict(self)
 
 
-# M, N and K are not specialized (one compile serves every shape); the row stride and the split
-# length are, so that triton sees 16-byte aligned weight rows and slice starts.
-@triton.jit(do_not_specialize=["M", "N", "K"])
+# M, N and K are not specialized (one compile serves every shape); the row strides, the split
+# length and the up-half offset are, so that triton sees 16-byte aligned rows and slice starts.
+@triton.jit(do_not_specialize=["M", "N", "K", "eps"])
 def gemv_kernel(
-    x_ptr,  # [M, K], rows stride_xm apart, K contiguous
+    x_ptr,  # [M, K] (gated: [M, 2K], gate | up), rows stride_xm apart, K contiguous
     w_ptr,  # [N, K], rows stride_wn apart, K contiguous
     bias_ptr,  # [N] (read only when HAS_BIAS)
     out_ptr,  # [M, N]; with WRITE_PARTIALS float32 partials [split_k, M, N]
-    M, N, K, k_per_split,
-    stride_xm, stride_wn, stride_om, stride_os,
+    res_ptr,  # [M, K] residual, rows stride_rm apart (read only when HAS_RESIDUAL)
+    norm_w_ptr,  # [K] norm weight (read only when NORM)
+    res_out_ptr,  # [M, K] x + residual, rows stride_rom apart (written only when HAS_RESIDUAL)
+    eps, M, N, K, k_per_split, up_offset,
+    stride_xm, stride_wn, stride_om, stride_os, stride_rm, stride_rom,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WRITE_PARTIALS: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_ROWS: tl.constexpr, DOT_FP32: tl.constexpr,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+    GATED: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    pdl_launch_dependents(USE_PDL)
     pid = tl.program_id(0)
     split = tl.program_id(1)
     if USE_DOT:
@@ -97,39 +117,69 @@ def gemv_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     k_lo = split * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, K)
+    # the first weight tile is read before the wait: weights are constants, and with PDL this
+    # stream starts while the previous kernel finishes
+    k_mask = (k_lo + offs_k) < k_hi
+    if EVEN_K:
+        w = tl.load(w_rows + (k_lo + offs_k)[None, :])  # [BLOCK_N, BLOCK_K]
+    else:
+        w = tl.load(w_rows + (k_lo + offs_k)[None, :], mask=k_mask[None, :], other=0.0)
+    pdl_wait(USE_PDL)
+    writer = (block == 0) & (split == 0)  # the program that writes residual_out for its rows
     if USE_DOT:
         offs_m = tl.arange(0, DOT_ROWS)
-        x_rows = x_ptr + tl.minimum(offs_m, M - 1)[None, :] * stride_xm  # [1, DOT_ROWS]
-        acc = tl.zeros([BLOCK_N, DOT_ROWS], dtype=tl.float32)
-        for k in range(k_lo, k_hi, BLOCK_K):
+        rows = tl.minimum(offs_m, M - 1)[None, :]  # [1, DOT_ROWS]
+        x_rows = x_ptr + rows * stride_xm
+        r_rows = res_ptr + rows * stride_rm
+        rstd = 1.0
+        if NORM:
+            rstd = row_rstd(x_rows, r_rows, res_out_ptr + rows * stride_rom, offs_k[:, None], K, eps,
+                            writer & (offs_m[None, :] < M), HAS_RESIDUAL, EVEN_K, BLOCK_K)  # [1, DOT_ROWS]
+        xt = input_chunk(x_rows, r_rows, norm_w_ptr, k_lo, offs_k[:, None], k_mask[:, None], up_offset, rstd,
+                         EVEN_K, GATED, NORM, HAS_RESIDUAL)  # [BLOCK_K, DOT_ROWS]
+        acc = _dot(w, xt, DOT_FP32)
+        for k in range(k_lo + BLOCK_K, k_hi, BLOCK_K):
+            k_mask = (k + offs_k) < k_hi
             if EVEN_K:
-                w = tl.load(w_rows + (k + offs_k)[None, :])  # [BLOCK_N, BLOCK_K]
-                xt = tl.load(x_rows + (k + offs_k)[:, None])  # [BLOCK_K, DOT_ROWS]
+                w = tl.load(w_rows + (k + offs_k)[None, :])
             else:
-                k_mask = (k + offs_k) < k_hi
                 w = tl.load(w_rows + (k + offs_k)[None, :], mask=k_mask[None, :], other=0.0)
-                xt = tl.load(x_rows + (k + offs_k)[:, None], mask=k_mask[:, None], other=0.0)
-            if DOT_FP32:
-                acc += tl.dot(w.to(tl.float32), xt.to(tl.float32))
-            else:
-                acc += tl.dot(w, xt)
+            xt = input_chunk(x_rows, r_rows, norm_w_ptr, k, offs_k[:, None], k_mask[:, None], up_offset, rstd,
+                             EVEN_K, GATED, NORM, HAS_RESIDUAL)
+            acc += _dot(w, xt, DOT_FP32)
         # acc[j, i] is y[row i, column offs_n[j]]
         _store(out_ptr + split * stride_os, bias_ptr, acc, offs_m[None, :], offs_n[:, None],
                (offs_m[None, :] < M) & n_mask[:, None], stride_om, WRITE_PARTIALS, HAS_BIAS)
     else:
         x_row = x_ptr + row * stride_xm
-        acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-        for k in range(k_lo, k_hi, BLOCK_K):
+        r_row = res_ptr + row * stride_rm
+        rstd = 1.0
+        if NORM:
+            rstd = row_rstd(x_row, r_row, res_out_ptr + row * stride_rom, offs_k, K, eps, writer,
+                            HAS_RESIDUAL, EVEN_K, BLOCK_K)  # [1]
+        x = input_chunk(x_row, r_row, norm_w_ptr, k_lo, offs_k, k_mask, up_offset, rstd,
+                        EVEN_K, GATED, NORM, HAS_RESIDUAL)  # [BLOCK_K]
+        acc = w.to(tl.float32) * x.to(tl.float32)[None, :]  # [BLOCK_N, BLOCK_K]
+        for k in range(k_lo + BLOCK_K, k_hi, BLOCK_K):
+            k_mask = (k + offs_k) < k_hi
             if EVEN_K:
                 w = tl.load(w_rows + (k + offs_k)[None, :])
-                x = tl.load(x_row + k + offs_k)
             else:
-                k_mask = (k + offs_k) < k_hi
                 w = tl.load(w_rows + (k + offs_k)[None, :], mask=k_mask[None, :], other=0.0)
-                x = tl.load(x_row + k + offs_k, mask=k_mask, other=0.0)
+            x = input_chunk(x_row, r_row, norm_w_ptr, k, offs_k, k_mask, up_offset, rstd,
+                            EVEN_K, GATED, NORM, HAS_RESIDUAL)
             acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
         y = tl.sum(acc, axis=1)  # [BLOCK_N]
         _store(out_ptr + split * stride_os, bias_ptr, y, row, offs_n, n_mask, stride_om, WRITE_PARTIALS, HAS_BIAS)
+
+
+@triton.jit
+def _dot(w, xt, DOT_FP32: tl.constexpr):
+    """w [BLOCK_N, BLOCK_K] @ xt [BLOCK_K, DOT_ROWS] in float32 (see `dot_needs_fp32`)."""
+    if DOT_FP32:
+        w = w.to(tl.float32)
+        xt = xt.to(tl.float32)
+    return tl.dot(w, xt)
 
 
 @triton.jit
@@ -150,10 +200,12 @@ def gemv_reduce_kernel(
     bias_ptr,  # [N]
     out_ptr,  # [M, N] contiguous
     N, MN, split_k,
-    HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    pdl_launch_dependents(USE_PDL)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < MN
+    pdl_wait(USE_PDL)
     y = tl.zeros([BLOCK], dtype=tl.float32)
     for s in range(split_k):  # fixed order: the sum is deterministic
         y += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
@@ -162,8 +214,13 @@ def gemv_reduce_kernel(
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
-    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gated: bool,
+           norm: Optional[NormInput]) -> None:
+    if gated:
+        if norm is not None:
+            raise ValueError("gemv: an input is either gated or normalized, not both")
+        check_gated_input(x, weight)
+    elif x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"gemv: x must be [M, K] and weight [N, K], got {tuple(x.shape)} and {tuple(weight.shape)}")
     if not 1 <= x.shape[0] <= MAX_M:
         raise ValueError(f"gemv: serves 1..{MAX_M} rows of x, got {x.shape[0]}")
@@ -178,39 +235,60 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) 
     devices = {x.device, weight.device} | ({bias.device} if bias is not None else set())
     if len(devices) != 1:
         raise ValueError(f"gemv: x, weight and bias must be on one device, got {devices}")
+    if norm is not None:
+        check_norm_input(norm, x)
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], config: GemvConfig) -> torch.Tensor:
-    """`x @ weight.T + bias` for x [M, K] with 1 <= M <= 8 and weight [N, K] (bf16 or fp16) -> [M, N].
+def gemv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    config: GemvConfig,
+    *,
+    gated: bool = False,
+    norm: Optional[NormInput] = None,
+) -> torch.Tensor:
+    """`input(x) @ weight.T + bias` for weight [N, K] (bf16 or fp16) and 1 <= M <= 8 rows -> [M, N].
 
-    K is cut into `config.split_k` slices of whole BLOCK_K steps (fewer when K is short); the
-    output dtype is x's. Launches depend on the shapes and the config only (graph-capturable).
+    input(x) is x ([M, K]) itself; with `gated=True` x is [M, 2K] (gate | up) and the input is
+    `silu(gate) * up`; with `norm` it is `rmsnorm(x + norm.residual) * norm.norm_weight`, and
+    `norm.residual_out` receives `x + residual` (see `gemv_input`). K is cut into
+    `config.split_k` slices of whole BLOCK_K steps (fewer when K is short); the output dtype is
+    x's. Launches depend on the shapes and the config only (graph-capturable); with programmatic
+    dependent launch (`launch.pdl_enabled`) the first weight tile is read before waiting for the
+    previous kernel.
     """
-    _check(x, weight, bias)
-    m, k = x.shape
-    n = weight.shape[0]
+    _check(x, weight, bias, gated, norm)
+    m = x.shape[0]
+    n, k = weight.shape
     steps = triton.cdiv(k, config.block_k)
     split_k = min(config.split_k, steps)
     k_per_split = triton.cdiv(steps, split_k) * config.block_k
     split_k = triton.cdiv(k, k_per_split)  # no empty slices
-    even_k = k % k_per_split == 0 and k_per_split % config.block_k == 0
+    even_k = k % k_per_split == 0
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     target = out if split_k == 1 else torch.empty(split_k, m, n, dtype=torch.float32, device=x.device)
     blocks = triton.cdiv(n, config.block_n)
     grid = (blocks if config.use_dot else blocks * m, split_k)
     bias_arg = bias if bias is not None else weight  # never read without HAS_BIAS
+    residual = norm.residual if norm is not None else None
+    res_arg = residual if residual is not None else x  # read / written only with HAS_RESIDUAL
+    res_out_arg = norm.residual_out if residual is not None else x
     launch(
         gemv_kernel, grid, x, weight, bias_arg, target,
-        m, n, k, k_per_split, x.stride(0), weight.stride(0), n, m * n,
+        res_arg, norm.norm_weight if norm is not None else weight, res_out_arg,
+        norm.eps if norm is not None else 0.0, m, n, k, k_per_split, k if gated else 0,
+        x.stride(0), weight.stride(0), n, m * n, res_arg.stride(0), res_out_arg.stride(0),
         BLOCK_N=config.block_n, BLOCK_K=config.block_k, WRITE_PARTIALS=split_k > 1,
         USE_DOT=config.use_dot, DOT_ROWS=DOT_ROWS, DOT_FP32=dot_needs_fp32(x),
         HAS_BIAS=bias is not None, EVEN_K=even_k,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        GATED=gated, NORM=norm is not None, HAS_RESIDUAL=residual is not None,
+        num_warps=config.num_warps, num_stages=config.num_stages, pdl=True,
     )
     if split_k > 1:
         block = 1024
         launch(gemv_reduce_kernel, (triton.cdiv(m * n, block),), target, bias_arg, out, n, m * n, split_k,
-               HAS_BIAS=bias is not None, BLOCK=block, num_warps=4)
+               HAS_BIAS=bias is not None, BLOCK=block, num_warps=4, pdl=True)
     return out
 
 
@@ -261,6 +339,8 @@ def _load(path: str) -> dict:
 @functools.lru_cache(maxsize=4096)
 def gemv_config(m: int, n: int, k: int, dtype: torch.dtype, device_name: str) -> Optional[GemvConfig]:
     """The tuned config for an [m, k] x [n, k]^T product on `device_name`, or None for cuBLAS.
+
+    (n, k) is the weight's shape: a gated or normalized input uses its weight's entry unchanged.
 
     Reads `$LMLANG_GEMV_CONFIG` when set, else the shipped `configs/gemv_<device>.json`. An
     untuned (N, K) or an m above the table's largest tuned row count gives None; otherwise the

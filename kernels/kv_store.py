@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lmlang.kernels.launch import launch
+from lmlang.kernels.launch import launch, pdl_launch_dependents, pdl_wait
 
 _BLOCK = 512
 
@@ -27,10 +27,12 @@ def kv_store_kernel(
     b_src_ptr, b_dst_ptr,  # second source rows [T, b_width] -> buffer rows
     a_src_stride, a_dst_stride, b_src_stride, b_dst_stride,
     a_width, b_width,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    pdl_launch_dependents(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    pdl_wait(USE_PDL)
     slot = tl.load(loc_ptr + token).to(tl.int64)
     a_mask = offs < a_width
     a = tl.load(a_src_ptr + token * a_src_stride + offs, mask=a_mask)
@@ -53,6 +55,25 @@ def _check_loc(loc: torch.Tensor) -> None:
         raise ValueError(f"kv_store: loc must be [num_tokens] int32/int64, got {tuple(loc.shape)} {loc.dtype}")
 
 
+def check_store_kv(
+    k_buffer: torch.Tensor, v_buffer: torch.Tensor, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> None:
+    """Raises ValueError unless `store_kv(k_buffer, v_buffer, loc, k, v)` fits (see there); shared
+    with `rotary.rotary_and_store_kv`, which stores in the same way."""
+    _check_loc(loc)
+    for name, buf, src in (("k", k_buffer, k), ("v", v_buffer, v)):
+        if not buf.is_contiguous():
+            raise ValueError(f"store_kv: {name}_buffer must be contiguous")
+        if tuple(src.shape[1:]) != tuple(buf.shape[1:]):
+            raise ValueError(
+                f"store_kv: {name} rows {tuple(src.shape[1:])} do not fit buffer rows {tuple(buf.shape[1:])}"
+            )
+        if src.shape[0] != loc.shape[0]:
+            raise ValueError(f"store_kv: {name} has {src.shape[0]} rows, loc has {loc.shape[0]}")
+        if len({buf.device, src.device, loc.device}) != 1:
+            raise ValueError(f"store_kv: {name}, {name}_buffer and loc must be on one device")
+
+
 def _launch(loc, a_src, a_dst, b_src, b_dst) -> None:
     """a_src, b_src: [T, width] with contiguous rows; a_dst, b_dst: buffers (views) of those widths."""
     a_width, b_width = a_src.shape[1], b_src.shape[1]
@@ -60,7 +81,7 @@ def _launch(loc, a_src, a_dst, b_src, b_dst) -> None:
     launch(
         kv_store_kernel, grid, loc, a_src, a_dst, b_src, b_dst,
         a_src.stride(0), a_dst.stride(0), b_src.stride(0), b_dst.stride(0), a_width, b_width,
-        BLOCK=_BLOCK, num_warps=4,
+        BLOCK=_BLOCK, num_warps=4, pdl=True,
     )
 
 
@@ -73,16 +94,7 @@ def store_kv(
     k: [T, Hk, D], v: [T, Hk, Dv]; views with strided tokens (e.g. split from a fused qkv) are
     read in place when each token's row is contiguous.
     """
-    _check_loc(loc)
-    for name, buf, src in (("k", k_buffer, k), ("v", v_buffer, v)):
-        if not buf.is_contiguous():
-            raise ValueError(f"store_kv: {name}_buffer must be contiguous")
-        if tuple(src.shape[1:]) != tuple(buf.shape[1:]):
-            raise ValueError(
-                f"store_kv: {name} rows {tuple(src.shape[1:])} do not fit buffer rows {tuple(buf.shape[1:])}"
-            )
-        if len({buf.device, src.device, loc.device}) != 1:
-            raise ValueError(f"store_kv: {name}, {name}_buffer and loc must be on one device")
+    check_store_kv(k_buffer, v_buffer, loc, k, v)
     n = loc.shape[0]
     if n:
         _launch(loc, _token_rows(k, "k", n), k_buffer, _token_rows(v, "v", n), v_buffer)

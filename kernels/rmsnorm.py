@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lmlang.kernels.launch import launch, next_power_of_2
+from lmlang.kernels.launch import launch, next_power_of_2, pdl_launch_dependents, pdl_wait
 
 _MAX_HIDDEN = 16384
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -29,10 +29,14 @@ def rmsnorm_kernel(
     eps,
     HAS_RESIDUAL: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_launch_dependents(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_D)
     mask = offs < D
+    w = tl.load(weight_ptr + offs, mask=mask, other=0.0)  # a constant: read before the wait
+    pdl_wait(USE_PDL)
     x = tl.load(x_ptr + row * D + offs, mask=mask, other=0.0)
     if HAS_RESIDUAL:
         r = tl.load(residual_ptr + row * D + offs, mask=mask, other=0.0)
@@ -42,7 +46,6 @@ def rmsnorm_kernel(
     xf = x.to(tl.float32)
     mean_sq = tl.sum(xf * xf, axis=0) / D
     normed = (xf * tl.math.rsqrt(mean_sq + eps)).to(x_ptr.dtype.element_ty)
-    w = tl.load(weight_ptr + offs, mask=mask, other=0.0)
     y = normed.to(tl.float32) * w.to(tl.float32)
     tl.store(out_ptr + row * D + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -71,7 +74,7 @@ def _launch(x, residual, weight, out, new_residual, eps: float) -> None:
     num_warps = min(max(block // 256, 1), 16)
     launch(
         rmsnorm_kernel, (rows,), x, residual, weight, out, new_residual, d, eps,
-        HAS_RESIDUAL=residual is not None, BLOCK_D=block, num_warps=num_warps,
+        HAS_RESIDUAL=residual is not None, BLOCK_D=block, num_warps=num_warps, pdl=True,
     )
 
 

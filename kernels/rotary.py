@@ -8,30 +8,37 @@ pass through. Two pairings of features:
 - GPT-J interleaved (`is_neox=False`, DeepSeek's rope part): feature 2i pairs with 2i + 1.
 For a pair (a, b) and frequency i: `a' = a cos - b sin`, `b' = b cos + a sin`, in float32.
 
-One program handles one token: all heads of q, then all heads of k, in blocks of heads.
-q and k may be strided views (e.g. split from a fused qkv projection) as long as each head's
-features are contiguous.
+One program handles one block of up to 8 heads of one token (q's blocks, then k's), so a
+decode step's few tokens still spread over several SMs. q and k may be strided views (e.g.
+split from a fused qkv projection) as long as each head's features are contiguous.
+`rotary_and_store_kv` also writes the rotated k and v into the paged KV pool at the tokens'
+slots in the same launch (what `kv_store.store_kv` would do after `apply_rotary`).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from lmlang.kernels.launch import launch, next_power_of_2
+from lmlang.kernels.kv_store import check_store_kv
+from lmlang.kernels.launch import launch, next_power_of_2, pdl_launch_dependents, pdl_wait
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
 def _rotate_heads(
-    src_ptr, dst_ptr, src_tok_stride, src_head_stride, dst_tok_stride, dst_head_stride,
-    token, cos, sin, num_heads, head_dim,
-    HALF: tl.constexpr, IS_NEOX: tl.constexpr, COPY_TAIL: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_TAIL: tl.constexpr,
+    src_row, dst_row, pool_row, src_head_stride, dst_head_stride, pool_head_stride,
+    h0, cos, sin, num_heads, head_dim,
+    HALF: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr, COPY_TAIL: tl.constexpr,
+    TO_POOL: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_TAIL: tl.constexpr,
 ):
-    """Rotates heads [0, num_heads) of one token; cos/sin: [BLOCK_HALF] float32."""
+    """Rotates heads [h0, h0 + BLOCK_H) of one token (cos/sin: [BLOCK_HALF] float32) into dst_row
+    and, with TO_POOL, into a pool row (the rotated values rounded to src's dtype first, then cast
+    to the pool's, as rotating and then storing would; the tail copied as well)."""
     offs_i = tl.arange(0, BLOCK_HALF)
     if IS_NEOX:
         first = offs_i
@@ -39,22 +46,28 @@ def _rotate_heads(
     else:
         first = 2 * offs_i
         second = 2 * offs_i + 1
-    for h0 in range(0, num_heads, BLOCK_H):
-        offs_h = h0 + tl.arange(0, BLOCK_H)
-        mask = (offs_h[:, None] < num_heads) & (offs_i[None, :] < HALF)
-        src = src_ptr + token * src_tok_stride + offs_h[:, None] * src_head_stride
-        dst = dst_ptr + token * dst_tok_stride + offs_h[:, None] * dst_head_stride
-        a = tl.load(src + first[None, :], mask=mask, other=0.0).to(tl.float32)
-        b = tl.load(src + second[None, :], mask=mask, other=0.0).to(tl.float32)
-        a_rot = a * cos[None, :] - b * sin[None, :]
-        b_rot = b * cos[None, :] + a * sin[None, :]
-        tl.store(dst + first[None, :], a_rot.to(dst_ptr.dtype.element_ty), mask=mask)
-        tl.store(dst + second[None, :], b_rot.to(dst_ptr.dtype.element_ty), mask=mask)
+    offs_h = h0 + tl.arange(0, BLOCK_H)
+    mask = (offs_h[:, None] < num_heads) & (offs_i[None, :] < HALF)
+    src = src_row + offs_h[:, None] * src_head_stride
+    dst = dst_row + offs_h[:, None] * dst_head_stride
+    a = tl.load(src + first[None, :], mask=mask, other=0.0)
+    b = tl.load(src + second[None, :], mask=mask, other=0.0)
+    a_rot = (a.to(tl.float32) * cos[None, :] - b.to(tl.float32) * sin[None, :]).to(a.dtype)
+    b_rot = (b.to(tl.float32) * cos[None, :] + a.to(tl.float32) * sin[None, :]).to(a.dtype)
+    tl.store(dst + first[None, :], a_rot.to(dst_row.dtype.element_ty), mask=mask)
+    tl.store(dst + second[None, :], b_rot.to(dst_row.dtype.element_ty), mask=mask)
+    if TO_POOL:
+        pool = pool_row + offs_h[:, None] * pool_head_stride
+        tl.store(pool + first[None, :], a_rot.to(pool_row.dtype.element_ty), mask=mask)
+        tl.store(pool + second[None, :], b_rot.to(pool_row.dtype.element_ty), mask=mask)
+    if HAS_TAIL:
+        offs_t = 2 * HALF + tl.arange(0, BLOCK_TAIL)
+        tail_mask = (offs_h[:, None] < num_heads) & (offs_t[None, :] < head_dim)
+        tail = tl.load(src + offs_t[None, :], mask=tail_mask, other=0.0)
         if COPY_TAIL:
-            offs_t = 2 * HALF + tl.arange(0, BLOCK_TAIL)
-            tail_mask = (offs_h[:, None] < num_heads) & (offs_t[None, :] < head_dim)
-            tail = tl.load(src + offs_t[None, :], mask=tail_mask, other=0.0)
             tl.store(dst + offs_t[None, :], tail, mask=tail_mask)
+        if TO_POOL:
+            tl.store(pool + offs_t[None, :], tail.to(pool_row.dtype.element_ty), mask=tail_mask)
 
 
 @triton.jit
@@ -62,24 +75,49 @@ def rotary_kernel(
     q_ptr, k_ptr, q_out_ptr, k_out_ptr,  # [T, Hq, head_dim], [T, Hk, head_dim] (strided)
     positions_ptr,  # [T] int32/int64
     cache_ptr,  # [max_position, 2 * HALF]
+    v_ptr,  # [T, Hk, v_head_dim] (strided; read only with STORE_KV)
+    k_pool_ptr, v_pool_ptr,  # [slots, Hk, head_dim], [slots, Hk, v_head_dim] (written only with STORE_KV)
+    loc_ptr,  # [T] int32/int64 slot per token (read only with STORE_KV)
     q_tok_stride, q_head_stride, k_tok_stride, k_head_stride,
     qo_tok_stride, qo_head_stride, ko_tok_stride, ko_head_stride,
-    num_q_heads, num_k_heads, head_dim,
-    HALF: tl.constexpr, IS_NEOX: tl.constexpr, COPY_TAIL: tl.constexpr,
+    v_tok_stride, v_head_stride, kp_slot_stride, kp_head_stride, vp_slot_stride, vp_head_stride,
+    num_q_heads, num_k_heads, head_dim, v_head_dim,
+    HALF: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr, COPY_TAIL: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_TAIL: tl.constexpr,
+    STORE_KV: tl.constexpr, BLOCK_DV: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    # program (token, head block): q's head blocks first, then k's (with v's same heads)
+    pdl_launch_dependents(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
-    pos = tl.load(positions_ptr + token).to(tl.int64)
+    head_block = tl.program_id(1)
+    q_blocks = tl.cdiv(num_q_heads, BLOCK_H)
     offs_i = tl.arange(0, BLOCK_HALF)
     cmask = offs_i < HALF
+    pdl_wait(USE_PDL)
+    pos = tl.load(positions_ptr + token).to(tl.int64)
     cos = tl.load(cache_ptr + pos * 2 * HALF + offs_i, mask=cmask, other=0.0).to(tl.float32)
     sin = tl.load(cache_ptr + pos * 2 * HALF + HALF + offs_i, mask=cmask, other=0.0).to(tl.float32)
-    _rotate_heads(q_ptr, q_out_ptr, q_tok_stride, q_head_stride, qo_tok_stride, qo_head_stride,
-                  token, cos, sin, num_q_heads, head_dim,
-                  HALF, IS_NEOX, COPY_TAIL, BLOCK_H, BLOCK_HALF, BLOCK_TAIL)
-    _rotate_heads(k_ptr, k_out_ptr, k_tok_stride, k_head_stride, ko_tok_stride, ko_head_stride,
-                  token, cos, sin, num_k_heads, head_dim,
-                  HALF, IS_NEOX, COPY_TAIL, BLOCK_H, BLOCK_HALF, BLOCK_TAIL)
+    if head_block < q_blocks:
+        _rotate_heads(q_ptr + token * q_tok_stride, q_out_ptr + token * qo_tok_stride, q_out_ptr,
+                      q_head_stride, qo_head_stride, 0, head_block * BLOCK_H, cos, sin, num_q_heads, head_dim,
+                      HALF, IS_NEOX, HAS_TAIL, COPY_TAIL, False, BLOCK_H, BLOCK_HALF, BLOCK_TAIL)
+    else:
+        h0 = (head_block - q_blocks) * BLOCK_H
+        slot = 0
+        if STORE_KV:
+            slot = tl.load(loc_ptr + token).to(tl.int64)
+        _rotate_heads(k_ptr + token * k_tok_stride, k_out_ptr + token * ko_tok_stride,
+                      k_pool_ptr + slot * kp_slot_stride, k_head_stride, ko_head_stride, kp_head_stride,
+                      h0, cos, sin, num_k_heads, head_dim,
+                      HALF, IS_NEOX, HAS_TAIL, COPY_TAIL, STORE_KV, BLOCK_H, BLOCK_HALF, BLOCK_TAIL)
+        if STORE_KV:
+            offs_h = h0 + tl.arange(0, BLOCK_H)
+            offs_d = tl.arange(0, BLOCK_DV)
+            v_mask = (offs_h[:, None] < num_k_heads) & (offs_d[None, :] < v_head_dim)
+            v = tl.load(v_ptr + token * v_tok_stride + offs_h[:, None] * v_head_stride + offs_d[None, :],
+                        mask=v_mask)
+            tl.store(v_pool_ptr + slot * vp_slot_stride + offs_h[:, None] * vp_head_stride + offs_d[None, :],
+                     v.to(v_pool_ptr.dtype.element_ty), mask=v_mask)
 
 
 def _check(q, k, positions, cos_sin_cache) -> int:
@@ -108,6 +146,37 @@ def _check(q, k, positions, cos_sin_cache) -> int:
     return rotary_dim
 
 
+_MAX_BLOCK_H = 8  # heads per program: at decode a token's heads spread over several programs
+
+
+def _launch(q, k, positions, cos_sin_cache, is_neox: bool, inplace: bool,
+            store: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]) -> tuple:
+    """Checks q, k, positions and the cache, launches `rotary_kernel`; store: (v, k_buffer, v_buffer, loc)."""
+    rotary_dim = _check(q, k, positions, cos_sin_cache)
+    head_dim = q.shape[2]
+    q_out = q if inplace else torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    k_out = k if inplace else torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    num_tokens = q.shape[0]
+    if num_tokens == 0:
+        return q_out, k_out
+    v, k_pool, v_pool, loc = store if store is not None else (k, k, k, positions)  # unread without STORE_KV
+    half = rotary_dim // 2
+    block_h = min(next_power_of_2(max(q.shape[1], k.shape[1])), _MAX_BLOCK_H)
+    head_blocks = triton.cdiv(q.shape[1], block_h) + triton.cdiv(k.shape[1], block_h)
+    launch(
+        rotary_kernel, (num_tokens, head_blocks), q, k, q_out, k_out, positions, cos_sin_cache,
+        v, k_pool, v_pool, loc,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
+        v.stride(0), v.stride(1), k_pool.stride(0), k_pool.stride(1), v_pool.stride(0), v_pool.stride(1),
+        q.shape[1], k.shape[1], head_dim, v.shape[2],
+        HALF=half, IS_NEOX=is_neox, HAS_TAIL=rotary_dim < head_dim, COPY_TAIL=(not inplace) and rotary_dim < head_dim,
+        BLOCK_H=block_h, BLOCK_HALF=next_power_of_2(half), BLOCK_TAIL=next_power_of_2(head_dim - rotary_dim),
+        STORE_KV=store is not None, BLOCK_DV=next_power_of_2(v.shape[2]), num_warps=4, pdl=True,
+    )
+    return q_out, k_out
+
+
 def apply_rotary(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -122,25 +191,35 @@ def apply_rotary(
     `cos_sin_cache`: [max_position, rotary_dim], see the module docstring. With `inplace=True`
     q and k are overwritten and returned; otherwise new contiguous tensors are returned.
     """
-    rotary_dim = _check(q, k, positions, cos_sin_cache)
-    head_dim = q.shape[2]
-    q_out = q if inplace else torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    k_out = k if inplace else torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    num_tokens = q.shape[0]
-    if num_tokens == 0:
-        return q_out, k_out
-    half = rotary_dim // 2
-    launch(
-        rotary_kernel, (num_tokens,), q, k, q_out, k_out, positions, cos_sin_cache,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-        q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
-        q.shape[1], k.shape[1], head_dim,
-        HALF=half, IS_NEOX=is_neox, COPY_TAIL=(not inplace) and rotary_dim < head_dim,
-        BLOCK_H=min(next_power_of_2(max(q.shape[1], k.shape[1])), 16),
-        BLOCK_HALF=next_power_of_2(half), BLOCK_TAIL=next_power_of_2(head_dim - rotary_dim),
-        num_warps=4,
-    )
-    return q_out, k_out
+    return _launch(q, k, positions, cos_sin_cache, is_neox, inplace, None)
+
+
+def rotary_and_store_kv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    k_buffer: torch.Tensor,
+    v_buffer: torch.Tensor,
+    loc: torch.Tensor,
+    *,
+    is_neox: bool = True,
+    inplace: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`apply_rotary(q, k, ...)` and `kv_store.store_kv(k_buffer, v_buffer, loc, rotated k, v)` in one launch.
+
+    v: [T, Hk, v_head_dim] (strided tokens allowed); k_buffer / v_buffer / loc as `store_kv`
+    takes them. The pool receives exactly what rotating and then storing would write (rotated k
+    rounded to k's dtype, then cast to the buffer's). Returns the rotated (q, k) as
+    `apply_rotary` does.
+    """
+    if k_buffer.dim() != 3 or v_buffer.dim() != 3 or v.dim() != 3:
+        raise ValueError("rotary_and_store_kv: k_buffer, v_buffer must be [slots, Hk, D] and v [T, Hk, Dv]")
+    check_store_kv(k_buffer, v_buffer, loc, k, v)
+    if v.stride(2) != 1:
+        raise ValueError("rotary_and_store_kv: v's head features must be contiguous (stride 1 in the last dim)")
+    return _launch(q, k, positions, cos_sin_cache, is_neox, inplace, (v, k_buffer, v_buffer, loc))
 
 
 def ref_apply_rotary(
