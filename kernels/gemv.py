@@ -86,7 +86,7 @@ class GemvConfig:
 
 # M, N and K are not specialized (one compile serves every shape); the row strides, the split
 # length and the up-half offset are, so that triton sees 16-byte aligned rows and slice starts.
-@triton.jit(do_not_specialize=["M", "N", "K", "eps"])
+@triton.jit(do_not_specialize=["M", "N", "K"])
 def gemv_kernel(
     x_ptr,  # [M, K] (gated: [M, 2K], gate | up), rows stride_xm apart, K contiguous
     w_ptr,  # [N, K], rows stride_wn apart, K contiguous

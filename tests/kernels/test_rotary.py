@@ -1,9 +1,11 @@
-"""Rotary embedding kernel against its torch reference: neox and GPT-J pairing, partial rotary."""
+"""Rotary embedding kernel against its torch reference: neox and GPT-J pairing, partial rotary;
+rotary fused with the KV-pool store against rotating and then storing."""
 
 import pytest
 import torch
 
-from lmlang.kernels.rotary import apply_rotary, ref_apply_rotary
+from lmlang.kernels.kv_store import ref_store_kv
+from lmlang.kernels.rotary import apply_rotary, ref_apply_rotary, rotary_and_store_kv
 
 
 def _cache(max_pos: int, rotary_dim: int, base: float = 10000.0) -> torch.Tensor:
@@ -17,6 +19,7 @@ CASES = [
     pytest.param("cpu", torch.float32, 5, 4, 2, 16, 16, True, id="cpu-neox"),
     pytest.param("cpu", torch.float32, 3, 3, 1, 24, 8, True, id="cpu-neox-partial"),
     pytest.param("cpu", torch.float32, 4, 2, 1, 12, 12, False, id="cpu-gptj"),
+    pytest.param("cpu", torch.float32, 2, 10, 2, 8, 8, True, id="cpu-neox-two-head-blocks"),
     pytest.param("cpu", torch.bfloat16, 3, 2, 2, 16, 8, False, id="cpu-gptj-partial-bf16"),
     pytest.param("cuda", torch.bfloat16, 300, 32, 8, 128, 128, True, id="gpu-llama8b", marks=pytest.mark.gpu),
     pytest.param("cuda", torch.bfloat16, 77, 128, 1, 64, 64, False, id="gpu-deepseek-rope", marks=pytest.mark.gpu),
@@ -62,3 +65,63 @@ def test_apply_rotary_rejects_bad_rotary_dim():
         apply_rotary(q, q.clone(), torch.tensor([0, 1]), _cache(4, 10))
     with pytest.raises(ValueError, match="positions"):
         apply_rotary(q, q.clone(), torch.tensor([0.0, 1.0]), _cache(4, 8))
+
+
+STORE_CASES = [
+    # device, dtype, pool dtype, tokens, q heads, kv heads, head_dim, rotary_dim, v_head_dim, neox, inplace
+    pytest.param("cpu", torch.float32, torch.float32, 3, 10, 2, 16, 16, 16, True, False, id="cpu-neox"),
+    pytest.param("cpu", torch.float16, torch.float32, 2, 3, 1, 24, 8, 12, False, True, id="cpu-gptj-partial-cast"),
+    pytest.param("cuda", torch.bfloat16, torch.bfloat16, 1, 32, 8, 128, 128, 128, True, True, id="gpu-llama8b-decode",
+                 marks=pytest.mark.gpu),
+    pytest.param("cuda", torch.bfloat16, torch.bfloat16, 300, 32, 8, 128, 128, 128, True, False, id="gpu-llama8b",
+                 marks=pytest.mark.gpu),
+    pytest.param("cuda", torch.bfloat16, torch.float8_e4m3fn, 33, 16, 16, 128, 32, 128, True, True, id="gpu-fp8-partial",
+                 marks=pytest.mark.gpu),
+]
+
+
+@pytest.mark.parametrize("device,dtype,pool_dtype,tokens,hq,hk,head_dim,rotary_dim,dv,neox,inplace", STORE_CASES)
+def test_rotary_and_store_kv_matches_rotate_then_store(device, dtype, pool_dtype, tokens, hq, hk, head_dim,
+                                                       rotary_dim, dv, neox, inplace):
+    g = torch.Generator().manual_seed(2)
+    slots = 4 * tokens + 8
+    cache = _cache(4096, rotary_dim).to(device)
+    qkv = torch.randn(tokens, (hq + hk) * head_dim + hk * dv, generator=g).to(device, dtype)
+    q = qkv[:, : hq * head_dim].view(tokens, hq, head_dim)
+    k = qkv[:, hq * head_dim : (hq + hk) * head_dim].view(tokens, hk, head_dim)
+    v = qkv[:, (hq + hk) * head_dim :].view(tokens, hk, dv)
+    positions = torch.randint(0, 4096, (tokens,), generator=g).to(device)
+    loc = torch.randperm(slots, generator=g)[:tokens].to(device, torch.int32)
+    ref_q, ref_k = ref_apply_rotary(q, k, positions, cache, is_neox=neox)
+    k_ref = torch.zeros(slots, hk, head_dim, dtype=pool_dtype, device=device)
+    v_ref = torch.zeros(slots, hk, dv, dtype=pool_dtype, device=device)
+    ref_store_kv(k_ref, v_ref, loc, ref_k, v)
+    v_before = v.clone()
+    k_buf, v_buf = torch.zeros_like(k_ref), torch.zeros_like(v_ref)
+
+    out_q, out_k = rotary_and_store_kv(q, k, v, positions, cache, k_buf, v_buf, loc, is_neox=neox, inplace=inplace)
+    torch.testing.assert_close(out_q, ref_q, **_tol(dtype))
+    torch.testing.assert_close(out_k, ref_k, **_tol(dtype))
+    # the pool holds exactly the rotated k the kernel returned (cast), and v; other slots untouched
+    assert torch.equal(k_buf[loc.long()].view(torch.uint8), out_k.to(pool_dtype).view(torch.uint8))
+    assert torch.equal(v_buf.view(torch.uint8), v_ref.view(torch.uint8))
+    torch.testing.assert_close(k_buf.float(), k_ref.float(), **_tol(dtype if pool_dtype != torch.float8_e4m3fn
+                                                                     else torch.bfloat16))
+    untouched = torch.ones(slots, dtype=torch.bool, device=device)
+    untouched[loc.long()] = False
+    assert not k_buf[untouched].float().any()
+    assert torch.equal(v, v_before)
+
+
+def test_rotary_and_store_kv_rejects_mismatched_pool():
+    q, k, v = torch.randn(2, 2, 8), torch.randn(2, 1, 8), torch.randn(2, 1, 8)
+    pos, loc, cache = torch.tensor([0, 1]), torch.tensor([3, 4]), _cache(4, 8)
+    buf = torch.zeros(6, 1, 8)
+    with pytest.raises(ValueError, match="do not fit"):
+        rotary_and_store_kv(q, k, v, pos, cache, torch.zeros(6, 2, 8), buf.clone(), loc)
+    with pytest.raises(ValueError, match="loc"):
+        rotary_and_store_kv(q, k, v, pos, cache, buf, buf.clone(), loc.float())
+    with pytest.raises(ValueError, match="rows"):
+        rotary_and_store_kv(q, k, v[:1], pos, cache, buf, buf.clone(), loc)
+    with pytest.raises(ValueError, match="positions"):
+        rotary_and_store_kv(q, k, v, pos[:1], cache, buf, buf.clone(), loc)
