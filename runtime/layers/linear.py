@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlang.runtime.layers.activation import silu_and_mul
 from lmlang.runtime.layers.dispatch import use_kernels
 
 WeightLoader = Callable[..., None]
@@ -36,18 +37,42 @@ def _device_name(index: int) -> str:
     return torch.cuda.get_device_name(index)
 
 
+def _gemv_config(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], in_features: int):
+    """The GEMV kernel's tuned config for `x` ([..., in_features] rows, in the layout the kernel
+    reads) times `weight`, or None where `F.linear` / cuBLAS runs (see the module docstring)."""
+    if not (use_kernels(x) and x.dtype == weight.dtype and x.stride(-1) == 1 and weight.stride(1) == 1
+            and weight.stride(0) % 8 == 0 and in_features == weight.shape[1] and (bias is None or bias.dtype == x.dtype)):
+        return None
+    from lmlang.kernels.gemv import gemv_config  # triton is needed only here
+
+    rows = x.numel() // max(1, x.shape[-1])
+    return gemv_config(rows, weight.shape[0], weight.shape[1], x.dtype, _device_name(x.device.index or 0))
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """`x @ weight.T + bias`; x: [..., in], weight: [out, in] -> [..., out] (see the module docstring)."""
-    if (use_kernels(x) and x.dtype == weight.dtype and x.stride(-1) == 1 and weight.stride(1) == 1
-            and weight.stride(0) % 8 == 0 and x.shape[-1] == weight.shape[1] and (bias is None or bias.dtype == x.dtype)):
-        from lmlang.kernels.gemv import gemv, gemv_config  # triton is needed only here
+    config = _gemv_config(x, weight, bias, x.shape[-1])
+    if config is not None:
+        from lmlang.kernels.gemv import gemv
 
-        rows = x.numel() // max(1, x.shape[-1])
-        config = gemv_config(rows, weight.shape[0], weight.shape[1], x.dtype, _device_name(x.device.index or 0))
-        if config is not None:
-            y = gemv(x.reshape(rows, x.shape[-1]), weight, bias, config)  # [rows, out]
-            return y.reshape(*x.shape[:-1], weight.shape[0])
+        y = gemv(x.reshape(-1, x.shape[-1]), weight, bias, config)  # [rows, out]
+        return y.reshape(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)
+
+
+def silu_mul_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`(silu(gate) * up) @ weight.T + bias` for x: [..., 2 * in] (gate | up), weight: [out, in].
+
+    Where the GEMV kernel serves the product, the gating runs inside it (one launch, no
+    intermediate); elsewhere `silu_and_mul` then `linear`.
+    """
+    config = _gemv_config(x, weight, bias, x.shape[-1] // 2) if x.shape[-1] % 2 == 0 else None
+    if config is not None:
+        from lmlang.kernels.gemv import gemv
+
+        y = gemv(x.reshape(-1, x.shape[-1]), weight, bias, config, gated=True)  # [rows, out]
+        return y.reshape(*x.shape[:-1], weight.shape[0])
+    return linear(silu_and_mul(x), weight, bias)
 
 
 def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id: Optional[Hashable] = None) -> None:
@@ -82,6 +107,10 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
         return linear(x, self.weight, self.bias)
+
+    def forward_gated(self, x: torch.Tensor) -> torch.Tensor:  # [..., 2 * in] (gate | up) -> [..., out]
+        """This projection of `silu(gate) * up` (`silu_mul_linear`)."""
+        return silu_mul_linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
