@@ -5,7 +5,8 @@ A decode kernel's stage 1 gives each (request, head block, split) one program th
 output and log-sum-exp per query head (`split_range`, `online_softmax_step`,
 `store_split_partial`); stage 2 (`merge_splits`) weights the partials by their log-sum-exps into
 the final output. The grid depends only on the batch size and the split count, never on context
-lengths, so a launch can be captured in a CUDA graph and replayed with other lengths.
+lengths, so a launch can be captured in a CUDA graph and replayed with other lengths. A kernel that
+merges inside its own launch (the last program of a group to finish) calls `merge_split_rows`.
 
 Partials live in float32 buffers `mid_out` `[B, H, NUM_SPLITS, DV]` and `mid_lse`
 `[B, H, NUM_SPLITS]`; an empty split has log-sum-exp -inf and contributes nothing. Kernels that
@@ -19,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lmlang.kernels.launch import launch, next_power_of_2
+from lmlang.kernels.launch import launch, next_power_of_2, pdl_launch_dependents, pdl_wait
 
 
 @triton.jit
@@ -61,6 +62,36 @@ def store_split_partial(
 
 
 @triton.jit
+def merge_split_rows(
+    mid_out_ptr, mid_lse_ptr, rows, row_mask, offs_dv,
+    DV: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """The merged outputs [R, BLOCK_DV] (float32) of partial rows `rows` ([R], b * H + h), summed in
+    split order in chunks of CHUNK splits (bounded registers). Reads through L2 (`.cg`): partials
+    written by other programs of the same launch must not come from a stale L1 line."""
+    offs_s = tl.arange(0, BLOCK_S)
+    lse = tl.load(mid_lse_ptr + rows[:, None] * NUM_SPLITS + offs_s[None, :],
+                  mask=row_mask[:, None] & (offs_s[None, :] < NUM_SPLITS), other=float("-inf"),
+                  cache_modifier=".cg")  # [R, BLOCK_S]
+    m = tl.max(lse, axis=1)
+    m = tl.where(m > float("-inf"), m, 0.0)  # all splits empty: keep exp's argument finite
+    total = tl.sum(tl.where(lse > float("-inf"), tl.exp(lse - m[:, None]), 0.0), axis=1)
+    acc = tl.zeros([rows.shape[0], offs_dv.shape[0]], tl.float32)
+    offs_c = tl.arange(0, CHUNK)
+    for c0 in tl.static_range(0, NUM_SPLITS, CHUNK):
+        s = c0 + offs_c
+        mask = row_mask[:, None] & (s[None, :] < NUM_SPLITS)  # [R, CHUNK]
+        mid = rows[:, None] * NUM_SPLITS + s[None, :]
+        lse_c = tl.load(mid_lse_ptr + mid, mask=mask, other=float("-inf"), cache_modifier=".cg")
+        w = tl.where(lse_c > float("-inf"), tl.exp(lse_c - m[:, None]), 0.0)
+        parts = tl.load(mid_out_ptr + mid[:, :, None] * DV + offs_dv[None, None, :],
+                        mask=mask[:, :, None] & (offs_dv[None, None, :] < DV), other=0.0,
+                        cache_modifier=".cg")  # [R, CHUNK, BLOCK_DV]
+        acc += tl.sum(parts * w[:, :, None], axis=1)
+    return acc / tl.where(total > 0, total, 1.0)[:, None]
+
+
+@triton.jit
 def split_k_merge_kernel(
     mid_out_ptr,  # [B * H, NUM_SPLITS, DV] float32
     mid_lse_ptr,  # [B * H, NUM_SPLITS] float32
@@ -68,8 +99,11 @@ def split_k_merge_kernel(
     num_heads,
     stride_ob, stride_oh,
     DV: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    pdl_launch_dependents(USE_PDL)
     row = tl.program_id(0).to(tl.int64)  # b * H + h
+    pdl_wait(USE_PDL)
     offs_s = tl.arange(0, BLOCK_S)
     offs_dv = tl.arange(0, BLOCK_DV)
     s_mask = offs_s < NUM_SPLITS
@@ -93,8 +127,9 @@ def split_partials(b: int, h: int, num_splits: int, dv: int, device: torch.devic
     return mid_out, mid_lse
 
 
-def merge_splits(mid_out: torch.Tensor, mid_lse: torch.Tensor, out: torch.Tensor) -> None:
-    """Stage 2: writes into out ([B, H, DV], last dim contiguous) the merge of the split partials."""
+def merge_splits(mid_out: torch.Tensor, mid_lse: torch.Tensor, out: torch.Tensor, *, pdl: bool = False) -> None:
+    """Stage 2: writes into out ([B, H, DV], last dim contiguous) the merge of the split partials.
+    `pdl`: launch with programmatic dependent launch (see `launch`)."""
     b, h, num_splits, dv = mid_out.shape
     if mid_lse.shape != (b, h, num_splits) or out.shape != (b, h, dv) or out.stride(2) != 1:
         raise ValueError(
@@ -104,5 +139,5 @@ def merge_splits(mid_out: torch.Tensor, mid_lse: torch.Tensor, out: torch.Tensor
     launch(
         split_k_merge_kernel, (b * h,), mid_out, mid_lse, out, h, out.stride(0), out.stride(1),
         DV=dv, NUM_SPLITS=num_splits, BLOCK_S=next_power_of_2(num_splits),
-        BLOCK_DV=max(16, next_power_of_2(dv)), num_warps=4,
+        BLOCK_DV=max(16, next_power_of_2(dv)), num_warps=4, pdl=pdl,
     )
