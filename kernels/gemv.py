@@ -50,7 +50,7 @@ from lmlang.kernels.gemv_input import (
     input_chunk,
     row_rstd,
 )
-from lmlang.kernels.launch import dot_needs_fp32, launch, pdl_launch_dependents, pdl_wait
+from lmlang.kernels.launch import dot_needs_fp32, launch, next_power_of_2, pdl_launch_dependents, pdl_wait
 
 MAX_M = 8  # the largest row count this kernel serves
 DOT_ROWS = 16  # tensor-core tiles are at least 16 wide: x is padded to this many rows
@@ -100,7 +100,8 @@ def gemv_kernel(
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WRITE_PARTIALS: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_ROWS: tl.constexpr, DOT_FP32: tl.constexpr,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
-    GATED: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_PDL: tl.constexpr,
+    GATED: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    EVEN_STAT: tl.constexpr, BLOCK_STAT: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     pdl_launch_dependents(USE_PDL)
     pid = tl.program_id(0)
@@ -131,10 +132,12 @@ def gemv_kernel(
         rows = tl.minimum(offs_m, M - 1)[None, :]  # [1, DOT_ROWS]
         x_rows = x_ptr + rows * stride_xm
         r_rows = res_ptr + rows * stride_rm
-        rstd = 1.0
+        rstd = tl.zeros([1, DOT_ROWS], dtype=tl.float32)
         if NORM:
-            rstd = row_rstd(x_rows, r_rows, res_out_ptr + rows * stride_rom, offs_k[:, None], K, eps,
-                            writer & (offs_m[None, :] < M), HAS_RESIDUAL, EVEN_K, BLOCK_K)  # [1, DOT_ROWS]
+            for r in range(M):  # columns of rows >= M are not stored
+                row_stat = row_rstd(x_ptr + r * stride_xm, res_ptr + r * stride_rm, res_out_ptr + r * stride_rom,
+                                    K, eps, writer, HAS_RESIDUAL, EVEN_STAT, BLOCK_STAT)
+                rstd = tl.where(offs_m[None, :] == r, row_stat, rstd)
         xt = input_chunk(x_rows, r_rows, norm_w_ptr, k_lo, offs_k[:, None], k_mask[:, None], up_offset, rstd,
                          EVEN_K, GATED, NORM, HAS_RESIDUAL)  # [BLOCK_K, DOT_ROWS]
         acc = _dot(w, xt, DOT_FP32)
@@ -155,8 +158,8 @@ def gemv_kernel(
         r_row = res_ptr + row * stride_rm
         rstd = 1.0
         if NORM:
-            rstd = row_rstd(x_row, r_row, res_out_ptr + row * stride_rom, offs_k, K, eps, writer,
-                            HAS_RESIDUAL, EVEN_K, BLOCK_K)  # [1]
+            rstd = row_rstd(x_row, r_row, res_out_ptr + row * stride_rom, K, eps, writer,
+                            HAS_RESIDUAL, EVEN_STAT, BLOCK_STAT)
         x = input_chunk(x_row, r_row, norm_w_ptr, k_lo, offs_k, k_mask, up_offset, rstd,
                         EVEN_K, GATED, NORM, HAS_RESIDUAL)  # [BLOCK_K]
         acc = w.to(tl.float32) * x.to(tl.float32)[None, :]  # [BLOCK_N, BLOCK_K]
@@ -272,6 +275,8 @@ def gemv(
     grid = (blocks if config.use_dot else blocks * m, split_k)
     bias_arg = bias if bias is not None else weight  # never read without HAS_BIAS
     residual = norm.residual if norm is not None else None
+    # the statistic pass reads 16 elements per thread and tensor per step
+    block_stat = min(next_power_of_2(k), 512 * config.num_warps) if norm is not None else 1
     res_arg = residual if residual is not None else x  # read / written only with HAS_RESIDUAL
     res_out_arg = norm.residual_out if residual is not None else x
     launch(
@@ -283,6 +288,7 @@ def gemv(
         USE_DOT=config.use_dot, DOT_ROWS=DOT_ROWS, DOT_FP32=dot_needs_fp32(x),
         HAS_BIAS=bias is not None, EVEN_K=even_k,
         GATED=gated, NORM=norm is not None, HAS_RESIDUAL=residual is not None,
+        EVEN_STAT=k % block_stat == 0, BLOCK_STAT=block_stat,
         num_warps=config.num_warps, num_stages=config.num_stages, pdl=True,
     )
     if split_k > 1:
@@ -308,13 +314,15 @@ def config_file(device_name: str) -> pathlib.Path:
     return CONFIG_DIR / f"gemv_{device_name.replace(' ', '_').replace('/', '_')}.json"
 
 
-def parse_table(raw: dict) -> dict[tuple[int, int, str], dict[int, Optional[GemvConfig]]]:
+def parse_table(raw: dict, section: str = "shapes") -> dict[tuple[int, int, str], dict[int, Optional[GemvConfig]]]:
     """Table JSON -> {(N, K, dtype): {M: config, or None where cuBLAS is faster}}.
 
-    JSON layout: `{"device": ..., "shapes": {"N=6144,K=4096,dtype=bf16": {"1": {config} | null, ...}}}`.
+    JSON layout: `{"device": ..., "shapes": {"N=6144,K=4096,dtype=bf16": {"1": {config} | null, ...}},
+    "ours": {...}}`. `section="ours"` reads the optional `ours` map: the fastest GEMV config per
+    shape and M even where cuBLAS is faster (what a fused input, which cuBLAS cannot take, runs).
     """
     table = {}
-    for key, per_m in raw["shapes"].items():
+    for key, per_m in raw.get(section, {}).items():
         fields = dict(part.split("=") for part in key.split(","))
         entry = {int(m): (GemvConfig(**cfg) if cfg else None) for m, cfg in per_m.items()}
         table[(int(fields["N"]), int(fields["K"]), fields["dtype"])] = entry
@@ -331,9 +339,20 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _load(path: str) -> dict:
+def _load(path: str, section: str) -> dict:
     p = pathlib.Path(path)
-    return parse_table(json.loads(p.read_text())) if p.exists() else {}
+    return parse_table(json.loads(p.read_text()), section) if p.exists() else {}
+
+
+def _lookup(m: int, n: int, k: int, dtype: torch.dtype, device_name: str, section: str) -> Optional[GemvConfig]:
+    if not 1 <= m <= MAX_M:
+        return None
+    table = _load(os.environ.get(CONFIG_ENV) or str(config_file(device_name)), section)
+    per_m = table.get((n, k, _dtype_name(dtype)))
+    if not per_m:
+        return None
+    fits = [tuned for tuned in per_m if tuned >= m]
+    return per_m[min(fits)] if fits else None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -341,17 +360,17 @@ def gemv_config(m: int, n: int, k: int, dtype: torch.dtype, device_name: str) ->
     """The tuned config for an [m, k] x [n, k]^T product on `device_name`, or None for cuBLAS.
 
     (n, k) is the weight's shape: a gated or normalized input uses its weight's entry unchanged.
-
     Reads `$LMLANG_GEMV_CONFIG` when set, else the shipped `configs/gemv_<device>.json`. An
     untuned (N, K) or an m above the table's largest tuned row count gives None; otherwise the
     entry of the smallest tuned row count >= m. Cached: the answer for a shape never changes
     within a process, so a CUDA graph captures the same choice it was warmed up with.
     """
-    if not 1 <= m <= MAX_M:
-        return None
-    table = _load(os.environ.get(CONFIG_ENV) or str(config_file(device_name)))
-    per_m = table.get((n, k, _dtype_name(dtype)))
-    if not per_m:
-        return None
-    fits = [tuned for tuned in per_m if tuned >= m]
-    return per_m[min(fits)] if fits else None
+    return _lookup(m, n, k, dtype, device_name, "shapes")
+
+
+@functools.lru_cache(maxsize=4096)
+def fused_gemv_config(m: int, n: int, k: int, dtype: torch.dtype, device_name: str) -> Optional[GemvConfig]:
+    """The fastest GEMV config for weight (n, k) at m rows even where cuBLAS beats it on a plain
+    input: the one to run with a gated or normalized input. The table's `ours` entry, else
+    `gemv_config`'s; None where neither has one (then run the unfused kernels)."""
+    return _lookup(m, n, k, dtype, device_name, "ours") or gemv_config(m, n, k, dtype, device_name)

@@ -10,8 +10,10 @@ needs no launch of its own (`input_chunk`, `row_rstd`; the kernel imports them b
   input is `rmsnorm(x + residual) * norm_weight` with the numerics of
   `rmsnorm.fused_add_rmsnorm` (the sum rounded to x's dtype, the statistic in float32, the
   normalized value rounded to x's dtype before the weight multiply, the product rounded to x's
-  dtype). Every program computes its rows' statistic itself in a first pass over the row (it is
-  read again from L2); one program per row writes `residual_out = x + residual`.
+  dtype). Every program computes its rows' statistic itself in a first pass over the rows (read
+  again from L2, in wide chunks so the pass costs one or two round trips per row while the
+  program's first weight tile is in flight); one program per row writes `residual_out = x +
+  residual`.
 """
 
 from __future__ import annotations
@@ -81,42 +83,41 @@ def check_gated_input(x: torch.Tensor, weight: torch.Tensor) -> None:
 
 
 @triton.jit
-def row_rstd(x_ptrs, r_ptrs, ro_ptrs, offs, K, eps, write,
-             HAS_RESIDUAL: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr):
-    """1 / rms(x + residual) of the rows at `x_ptrs` / `r_ptrs` over all K, in float32; where
-    `write`, stores the sum (rounded to x's dtype) at `ro_ptrs`.
-
-    offs: the K offsets of one chunk, shaped so that `x_ptrs + offs` is the chunk's tile ([BLOCK_K]
-    for one row, [BLOCK_K, 1] against row pointers [1, R]). Returns the statistic reduced over
-    that K axis, kept as a length-1 axis ([1] or [1, R]).
-    """
-    acc = tl.zeros((x_ptrs + offs).shape, dtype=tl.float32)
-    # to the chunk's shape (`&` or broadcast_to of a scalar int1 gives int32 in the interpreter)
-    write = tl.where(write, offs >= 0, False)
-    for k in range(0, K, BLOCK_K):
-        if EVEN_K:
-            h = tl.load(x_ptrs + k + offs)
-            if HAS_RESIDUAL:
-                h = (h.to(tl.float32) + tl.load(r_ptrs + k + offs).to(tl.float32)).to(h.dtype)
-                tl.store(ro_ptrs + k + offs, h, mask=write)
+def row_rstd(x_row, r_row, ro_row, K, eps, write,
+             HAS_RESIDUAL: tl.constexpr, EVEN_STAT: tl.constexpr, BLOCK_STAT: tl.constexpr):
+    """1 / rms(x + residual) of one row (a float32 scalar), read in BLOCK_STAT chunks (wide:
+    one or two L2 round trips for a typical hidden size); where `write` (a scalar), stores the
+    sum, rounded to x's dtype, at `ro_row`. EVEN_STAT: K is a multiple of BLOCK_STAT."""
+    offs = tl.arange(0, BLOCK_STAT)
+    acc = tl.zeros([BLOCK_STAT], dtype=tl.float32)
+    for k in range(0, K, BLOCK_STAT):
+        if EVEN_STAT:
+            k_mask = offs >= 0
+            h = tl.load(x_row + k + offs)
         else:
             k_mask = (k + offs) < K
-            h = tl.load(x_ptrs + k + offs, mask=k_mask, other=0.0)
-            if HAS_RESIDUAL:
-                r = tl.load(r_ptrs + k + offs, mask=k_mask, other=0.0)
-                h = (h.to(tl.float32) + r.to(tl.float32)).to(h.dtype)
-                tl.store(ro_ptrs + k + offs, h, mask=k_mask & write)
+            h = tl.load(x_row + k + offs, mask=k_mask, other=0.0)
+        if HAS_RESIDUAL:
+            if EVEN_STAT:
+                r = tl.load(r_row + k + offs)
+            else:
+                r = tl.load(r_row + k + offs, mask=k_mask, other=0.0)
+            h = (h.to(tl.float32) + r.to(tl.float32)).to(h.dtype)
+            # tl.where, not `&`: the interpreter gives `scalar & vector` an int32 mask
+            tl.store(ro_row + k + offs, h, mask=tl.where(write, k_mask, False))
         hf = h.to(tl.float32)
         acc += hf * hf
-    return tl.math.rsqrt(tl.sum(acc, axis=0, keep_dims=True) / K + eps)
+    return tl.math.rsqrt(tl.sum(acc, axis=0) / K + eps)
 
 
 @triton.jit
 def input_chunk(x_ptrs, r_ptrs, nw_ptr, k, offs, k_mask, up_offset, rstd,
                 EVEN_K: tl.constexpr, GATED: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
     """The input at K positions `k + offs` of the rows at `x_ptrs` (x's dtype; 0 outside `k_mask`
-    unless EVEN_K). Shapes as in `row_rstd`; rstd is its result (read only when NORM); the up
-    half of a gated row starts `up_offset` elements after its gate half."""
+    unless EVEN_K): offs is [BLOCK_K] against one row pointer, or [BLOCK_K, 1] against row
+    pointers [1, R] for a [BLOCK_K, R] tile. rstd (read only when NORM) broadcasts against the
+    tile: the row's `row_rstd`, or [1, R]. The up half of a gated row starts `up_offset`
+    elements after its gate half."""
     if EVEN_K:
         x = tl.load(x_ptrs + k + offs)
     else:

@@ -8,7 +8,7 @@ import torch
 
 from lmlang.kernels import gemv as gemv_mod
 from lmlang.kernels.activation import ref_silu_and_mul
-from lmlang.kernels.gemv import GemvConfig, NormInput, gemv, gemv_config, ref_gemv, table_key
+from lmlang.kernels.gemv import GemvConfig, NormInput, fused_gemv_config, gemv, gemv_config, ref_gemv, table_key
 from lmlang.kernels.rmsnorm import ref_fused_add_rmsnorm, ref_rmsnorm
 
 FMA = GemvConfig(block_n=8, block_k=32)
@@ -111,6 +111,22 @@ def test_norm_gemv_matches_fused_add_rmsnorm_then_gemv(config, m, n, k, bias, dt
     assert _rel_err(plain, ref_gemv(ref_rmsnorm(x, norm_weight, 1e-5), w, b)) < TOL[dtype]
 
 
+@pytest.mark.parametrize("config,k", [
+    pytest.param(GemvConfig(block_n=8, block_k=256, num_warps=1), 4096, id="fma-8-even-chunks"),
+    pytest.param(GemvConfig(block_n=16, block_k=128, split_k=2, use_dot=True), 2304, id="dot-split-ragged-chunks"),
+])
+def test_norm_statistic_over_rows_longer_than_one_chunk(config, k):
+    m, n = 2, 8
+    x, w, _ = _inputs(m, n, k, torch.float16, "cpu", seed=k)
+    residual = torch.randn(m, k, generator=torch.Generator().manual_seed(3)).to(torch.float16)
+    norm_weight = torch.rand(k, generator=torch.Generator().manual_seed(4)).to(torch.float16)
+    residual_out = torch.empty_like(residual)
+    out = gemv(x, w, None, config, norm=NormInput(residual, norm_weight, 1e-6, residual_out))
+    normed, ref_residual = ref_fused_add_rmsnorm(x, residual, norm_weight, 1e-6)
+    assert _rel_err(out, ref_gemv(normed, w)) < TOL[torch.float16]
+    assert torch.equal(residual_out, ref_residual)
+
+
 def test_gated_and_norm_inputs_reject_bad_arguments():
     x, w, _ = _inputs(2, 16, 32, torch.float16, "cpu", seed=2)
     nw = torch.ones(32, dtype=torch.float16)
@@ -135,11 +151,13 @@ def test_gated_and_norm_inputs_reject_bad_arguments():
 def test_gemv_config_reads_the_table(tmp_path, monkeypatch):
     table = {"device": "test", "shapes": {
         table_key(48, 64, torch.bfloat16): {"1": FMA.to_json(), "4": DOT.to_json(), "8": None},
-    }}
+        table_key(32, 64, torch.bfloat16): {"1": FMA.to_json()},
+    }, "ours": {table_key(48, 64, torch.bfloat16): {"8": DOT_SPLIT.to_json()}}}
     path = tmp_path / "gemv.json"
     path.write_text(json.dumps(table))
     monkeypatch.setenv(gemv_mod.CONFIG_ENV, str(path))
     gemv_config.cache_clear()
+    fused_gemv_config.cache_clear()
     try:
         assert gemv_config(1, 48, 64, torch.bfloat16, "any") == FMA
         assert gemv_config(3, 48, 64, torch.bfloat16, "any") == DOT  # smallest tuned M >= 3
@@ -147,8 +165,13 @@ def test_gemv_config_reads_the_table(tmp_path, monkeypatch):
         assert gemv_config(9, 48, 64, torch.bfloat16, "any") is None
         assert gemv_config(1, 48, 64, torch.float16, "any") is None  # untuned dtype
         assert gemv_config(1, 64, 64, torch.bfloat16, "any") is None  # untuned shape
+        # fused inputs take our fastest config even where cuBLAS won the plain product
+        assert fused_gemv_config(8, 48, 64, torch.bfloat16, "any") == DOT_SPLIT
+        assert fused_gemv_config(1, 32, 64, torch.bfloat16, "any") == FMA  # no `ours` entry: the table's
+        assert fused_gemv_config(1, 64, 64, torch.bfloat16, "any") is None
     finally:
         gemv_config.cache_clear()
+        fused_gemv_config.cache_clear()
 
 
 GPU_SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (1000, 4096)]
