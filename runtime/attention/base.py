@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -53,6 +54,16 @@ class AttentionBackend(ABC):
     ) -> torch.Tensor:  # [num_tokens, num_heads, v_head_dim]
         """Stores k/v in the pool, then attends."""
 
+    def forward_rope(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, scaling: float,
+        batch: ForwardBatch, rotary: torch.nn.Module, positions: torch.Tensor,
+    ) -> torch.Tensor:  # [num_tokens, num_heads, v_head_dim]
+        """`forward` with q and k first rotated by `rotary` (a `RotaryEmbedding`) at `positions`
+        ([num_tokens]). Backends that can rotate inside their KV store or attention kernel (one
+        launch fewer per layer) override this; the result is the same."""
+        q, k = rotary(positions, q, k)
+        return self.forward(q, k, v, layer_id, scaling, batch)
+
     def init_cuda_graph(self, max_batch_size: int, max_kv_indices: int) -> None:
         """Allocates the static buffers for decode graphs of up to `max_batch_size` sequences
         whose contexts hold up to `max_kv_indices` slots in all."""
@@ -61,6 +72,24 @@ class AttentionBackend(ABC):
     def plan_cuda_graph(self, batch: ForwardBatch) -> None:
         """Plans a DECODE batch of a captured bucket size into the static buffers (see module doc)."""
         raise NotImplementedError(f"{type(self).__name__} does not support CUDA graphs")
+
+
+def rotate_and_store(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
+    loc: torch.Tensor, rotary: torch.nn.Module, positions: torch.Tensor,
+) -> Optional[torch.Tensor]:
+    """Rotates q and k by `rotary` and stores the rotated k and v at `loc` in one kernel launch;
+    returns the rotated q, or None (nothing done) where that kernel does not apply (CPU tensors,
+    mixed dtypes, torch.compile tracing): then rotate and store separately."""
+    from lmlang.runtime.layers.dispatch import use_kernels
+
+    if not (use_kernels(q) and q.dtype == k.dtype):
+        return None
+    from lmlang.kernels.rotary import rotary_and_store_kv
+
+    q, _ = rotary_and_store_kv(q, k, v, positions, rotary.cos_sin_cache, k_buffer, v_buffer, loc,
+                               is_neox=rotary.is_neox_style)
+    return q
 
 
 BACKENDS = Registry("attention backend", "lmlang.runtime.attention.{name}_backend")

@@ -37,7 +37,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from lmlang.runtime.attention.base import AttentionBackend, AttentionSpec, register_backend
+from lmlang.runtime.attention.base import AttentionBackend, AttentionSpec, register_backend, rotate_and_store
 from lmlang.runtime.forward_batch import ForwardBatch
 
 WORKSPACE_BYTES = 256 << 20  # FlashInfer's float workspace (split-KV partial results)
@@ -220,15 +220,30 @@ class FlashInferBackend(AttentionBackend):
     def forward(self, q, k, v, layer_id: int, scaling: float, batch: ForwardBatch) -> torch.Tensor:
         from lmlang.kernels.kv_store import store_kv
 
+        if self._use_small:
+            return self._small.forward(q, k, v, layer_id, scaling, batch)
+        pool = self.kv_pool
+        store_kv(pool.k_buffer[layer_id], pool.v_buffer[layer_id], batch.out_cache_loc, k, v)
+        return self._attend(q, layer_id, scaling, batch)
+
+    def forward_rope(self, q, k, v, layer_id: int, scaling: float, batch: ForwardBatch, rotary, positions):
+        if self._use_small:
+            return self._small.forward_rope(q, k, v, layer_id, scaling, batch, rotary, positions)
+        pool = self.kv_pool
+        rotated = rotate_and_store(q, k, v, pool.k_buffer[layer_id], pool.v_buffer[layer_id], batch.out_cache_loc,
+                                   rotary, positions)
+        if rotated is None:
+            return super().forward_rope(q, k, v, layer_id, scaling, batch, rotary, positions)
+        return self._attend(rotated, layer_id, scaling, batch)
+
+    def _attend(self, q: torch.Tensor, layer_id: int, scaling: float, batch: ForwardBatch) -> torch.Tensor:
+        """Attention of q over the contexts, the new tokens' K/V already in the pool."""
         if self.spec is None:
             raise RuntimeError("the flashinfer backend was built without an AttentionSpec; it cannot attend")
         if scaling != self.spec.scaling:
             raise ValueError(f"layer {layer_id} scales by {scaling}, the plan by {self.spec.scaling}")
-        if self._use_small:
-            return self._small.forward(q, k, v, layer_id, scaling, batch)
         pool = self.kv_pool
         k_buf, v_buf = pool.k_buffer[layer_id], pool.v_buffer[layer_id]
-        store_kv(k_buf, v_buf, batch.out_cache_loc, k, v)
         if self._wrapper is None:
             from lmlang.kernels.tree_attention import tree_attention
 

@@ -24,7 +24,7 @@ import torch
 from lmlang.kernels.decode_attention import DEFAULT_KV_SPLITS, decode_attention
 from lmlang.kernels.kv_store import store_kv
 from lmlang.kernels.tree_attention import tree_attention
-from lmlang.runtime.attention.base import AttentionBackend, AttentionSpec, register_backend
+from lmlang.runtime.attention.base import AttentionBackend, AttentionSpec, register_backend, rotate_and_store
 from lmlang.runtime.forward_batch import ForwardBatch
 
 
@@ -86,8 +86,21 @@ class TritonAttentionBackend(AttentionBackend):
 
     def forward(self, q, k, v, layer_id: int, scaling: float, batch: ForwardBatch) -> torch.Tensor:
         pool = self.kv_pool
+        store_kv(pool.k_buffer[layer_id], pool.v_buffer[layer_id], batch.out_cache_loc, k, v)
+        return self._attend(q, layer_id, scaling, batch)
+
+    def forward_rope(self, q, k, v, layer_id: int, scaling: float, batch: ForwardBatch, rotary, positions):
+        pool = self.kv_pool
+        rotated = rotate_and_store(q, k, v, pool.k_buffer[layer_id], pool.v_buffer[layer_id], batch.out_cache_loc,
+                                   rotary, positions)
+        if rotated is None:
+            return super().forward_rope(q, k, v, layer_id, scaling, batch, rotary, positions)
+        return self._attend(rotated, layer_id, scaling, batch)
+
+    def _attend(self, q: torch.Tensor, layer_id: int, scaling: float, batch: ForwardBatch) -> torch.Tensor:
+        """Attention of q over the contexts, the new tokens' K/V already in the pool."""
+        pool = self.kv_pool
         k_buf, v_buf = pool.k_buffer[layer_id], pool.v_buffer[layer_id]
-        store_kv(k_buf, v_buf, batch.out_cache_loc, k, v)
         q = q.contiguous()
         if self._decode:
             return decode_attention(q, k_buf, v_buf, self._kv_indptr, self._kv_indices, scaling, self._num_kv_splits)

@@ -36,12 +36,21 @@ class Attention(nn.Module):
         self.scaling = scaling
         self.layer_id = layer_id
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch,
+        rotary: Optional[nn.Module] = None, positions: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """With `rotary` (a `RotaryEmbedding`) and `positions` ([n]), q and k are rotated first,
+        inside the backend's kernels where it can (`AttentionBackend.forward_rope`)."""
         q = q.reshape(-1, self.num_heads, self.head_dim)  # [n, num_heads, head_dim]
         k = k.reshape(-1, self.num_kv_heads, self.head_dim)  # [n, num_kv_heads, head_dim]
         v = v.reshape(-1, self.num_kv_heads, self.v_head_dim)  # [n, num_kv_heads, v_head_dim]
         if torch.compiler.is_compiling():
+            if rotary is not None:
+                q, k = rotary(positions, q, k)  # the compiler fuses the torch rotary code
             out = attention_op(q, k, v, self.layer_id, self.scaling)
+        elif rotary is not None:
+            out = batch.attn_backend.forward_rope(q, k, v, self.layer_id, self.scaling, batch, rotary, positions)
         else:
             out = batch.attn_backend.forward(q, k, v, self.layer_id, self.scaling, batch)
         return out.reshape(-1, self.num_heads * self.v_head_dim)

@@ -85,8 +85,7 @@ class LlamaAttention(nn.Module):
         k = k.reshape(-1, self.shape.num_kv_heads, self.shape.head_dim)  # [n, num_kv_heads, head_dim]
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary_emb(positions, q, k)
-        return self.o_proj(self.attn(q, k, v, batch))  # [n, hidden]
+        return self.o_proj(self.attn(q, k, v, batch, self.rotary_emb, positions))  # [n, hidden]
 
 
 class LlamaMLP(nn.Module):

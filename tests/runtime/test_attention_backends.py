@@ -3,7 +3,9 @@
 Each case runs one sequence of forwards over a shared KV pool: a first prefill, a prefill chunk
 over the cached prefix, two decode steps (the second padded as a CUDA-graph batch would be, and
 on backends that capture graphs, planned through `plan_cuda_graph`) and a draft-tree verification
-with a custom mask. Every backend stores the same K/V, so the outputs must agree.
+with a custom mask. Every backend stores the same K/V, so the outputs must agree; with `rope`, q and
+k arrive unrotated and the backends rotate them (`forward_rope`, fused into their kernels on GPU).
+FlashInfer's small decode batches run the Triton kernel; `flashinfer-own-decode` turns that off.
 The Triton backend runs on CPU through the interpreter; the GPU cases need CUDA (and flashinfer).
 """
 
@@ -15,6 +17,7 @@ from lmlang.runtime.batch_builder import BatchBuilder, SeqChunk
 from lmlang.runtime.cache.allocator import SlotAllocator
 from lmlang.runtime.cache.kv_pool import MHAKVPool
 from lmlang.runtime.forward_batch import ForwardMode
+from lmlang.runtime.layers.rotary import get_rope
 
 CASES = [
     # backend, device, dtype, page size, Hq, Hk, head_dim
@@ -23,6 +26,8 @@ CASES = [
     pytest.param("flashinfer", "cuda", torch.bfloat16, 1, 32, 8, 128, id="flashinfer-page1", marks=pytest.mark.gpu),
     pytest.param("flashinfer", "cuda", torch.bfloat16, 16, 32, 8, 128, id="flashinfer-page16", marks=pytest.mark.gpu),
     pytest.param("flashinfer", "cuda", torch.float16, 1, 4, 4, 64, id="flashinfer-mha-fp16", marks=pytest.mark.gpu),
+    pytest.param("flashinfer-own-decode", "cuda", torch.bfloat16, 1, 32, 8, 128, id="flashinfer-own-decode",
+                 marks=pytest.mark.gpu),
 ]
 
 
@@ -40,8 +45,15 @@ def _tree_mask(prefix_len: int, n: int) -> torch.Tensor:
     return mask
 
 
+@pytest.mark.parametrize("rope", [False, True], ids=["", "rope"])
 @pytest.mark.parametrize("name,device,dtype,page,hq,hk,d", CASES)
-def test_backend_matches_torch_reference(name, device, dtype, page, hq, hk, d):
+def test_backend_matches_torch_reference(name, device, dtype, page, hq, hk, d, rope, monkeypatch):
+    if name == "flashinfer-own-decode":
+        import lmlang.runtime.attention.flashinfer_backend as fib
+
+        monkeypatch.setattr(fib, "TRITON_DECODE_MAX_BATCH", 0)
+        name = "flashinfer"
+    rotary = get_rope(d, d, 4096, 10000.0, None).to(device) if rope else None
     g = torch.Generator().manual_seed(0)
     num_slots = 64 * page if page > 1 else 256
     pool = MHAKVPool(num_slots, 1, hk, d, dtype, device)
@@ -63,9 +75,13 @@ def test_backend_matches_torch_reference(name, device, dtype, page, hq, hk, d):
         kv = torch.randn(n, 2 * hk, d, generator=g).to(device, dtype)  # k and v as views of one tensor
         k, v = kv[:, :hk], kv[:, hk:]
         ref.plan(batch)
-        expected = ref.forward(q, k, v, 0, d**-0.5, batch)
         backend.plan_cuda_graph(batch) if graph else backend.plan(batch)
-        got = backend.forward(q, k, v, 0, d**-0.5, batch)
+        if rotary is None:
+            expected = ref.forward(q, k, v, 0, d**-0.5, batch)
+            got = backend.forward(q, k, v, 0, d**-0.5, batch)
+        else:
+            expected = ref.forward_rope(q, k, v, 0, d**-0.5, batch, rotary, batch.positions)
+            got = backend.forward_rope(q, k, v, 0, d**-0.5, batch, rotary, batch.positions)
         tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
         rows = sum(c.seq_len - c.prefix_len for c in chunks)  # padding rows are not compared
         torch.testing.assert_close(got[:rows].float(), expected[:rows].float(), **tol)
