@@ -11,6 +11,10 @@ Decode splits each context into `num_kv_splits` ranges, chosen from the batch si
 captured graph keeps its grid): enough (sequence, KV head, split) programs to fill the GPU twice
 over, at most `max_kv_splits`; large batches need no split.
 
+Decode is one launch per layer: the split merge runs inside the kernel (on a counters buffer
+this backend owns), and with `forward_rope` on CUDA the kernel also rotates q and the new k and
+stores the new token's k / v (`decode_attention(..., counters=, new_kv=, rope=)`).
+
 CUDA graphs: decode reads `kv_indptr` / `kv_indices` from static buffers filled by
 `plan_cuda_graph`; the decode grid depends only on the batch size.
 """
@@ -26,6 +30,7 @@ from lmlang.kernels.kv_store import store_kv
 from lmlang.kernels.tree_attention import tree_attention
 from lmlang.runtime.attention.base import AttentionBackend, AttentionSpec, register_backend, rotate_and_store
 from lmlang.runtime.forward_batch import ForwardBatch
+from lmlang.runtime.layers.dispatch import use_kernels
 
 
 @register_backend("triton")
@@ -49,13 +54,26 @@ class TritonAttentionBackend(AttentionBackend):
         self._kv_indices: Optional[torch.Tensor] = None
         self._max_qo_len = 0
         self._num_kv_splits = max_kv_splits
+        self._counters = torch.zeros(0, dtype=torch.int32, device=self.device)  # per (sequence, KV head), kept 0
 
     def num_kv_splits(self, batch_size: int, num_kv_heads: int) -> int:
         """Context splits for a decode batch: ceil(target programs / (batch x KV heads)), in [1, max]."""
         return max(1, min(self.max_kv_splits, -(-self._target_programs // max(batch_size * num_kv_heads, 1))))
 
+    def _reserve_counters(self, batch_size: int) -> None:
+        """Grows the split-merge counters to cover `batch_size` sequences (never during a capture:
+        `init_cuda_graph` reserves the largest graph batch up front)."""
+        need = batch_size * self._num_kv_heads()
+        if self._counters.numel() < need:
+            self._counters = torch.zeros(need, dtype=torch.int32, device=self.device)
+
+    def _num_kv_heads(self) -> int:
+        return self.kv_pool.num_kv_heads if hasattr(self.kv_pool, "num_kv_heads") else 1
+
     def plan(self, batch: ForwardBatch) -> None:
         self._decode = batch.mode.is_decode and batch.custom_mask is None
+        if self._decode:
+            self._reserve_counters(batch.batch_size)
         self._kv_indptr, self._kv_indices = batch.kv_indptr, batch.kv_indices
         self._max_qo_len = 1 if self._decode else max(batch.extend_lens_cpu, default=0)
         self._num_kv_splits = self._splits_for(batch)
@@ -65,6 +83,7 @@ class TritonAttentionBackend(AttentionBackend):
             torch.zeros(max_batch_size + 1, dtype=torch.int32, device=self.device),
             torch.zeros(max_kv_indices, dtype=torch.int64, device=self.device),
         )
+        self._reserve_counters(max_batch_size)
 
     def plan_cuda_graph(self, batch: ForwardBatch) -> None:
         if self._static is None:
@@ -81,8 +100,7 @@ class TritonAttentionBackend(AttentionBackend):
         self._num_kv_splits = self._splits_for(batch)
 
     def _splits_for(self, batch: ForwardBatch) -> int:
-        heads = self.kv_pool.num_kv_heads if hasattr(self.kv_pool, "num_kv_heads") else 1
-        return self.num_kv_splits(batch.batch_size, heads)
+        return self.num_kv_splits(batch.batch_size, self._num_kv_heads())
 
     def forward(self, q, k, v, layer_id: int, scaling: float, batch: ForwardBatch) -> torch.Tensor:
         pool = self.kv_pool
@@ -91,6 +109,11 @@ class TritonAttentionBackend(AttentionBackend):
 
     def forward_rope(self, q, k, v, layer_id: int, scaling: float, batch: ForwardBatch, rotary, positions):
         pool = self.kv_pool
+        k_buf, v_buf = pool.k_buffer[layer_id], pool.v_buffer[layer_id]
+        if self._decode and use_kernels(q) and q.dtype == k.dtype == v.dtype == k_buf.dtype:
+            return decode_attention(q, k_buf, v_buf, self._kv_indptr, self._kv_indices, scaling, self._num_kv_splits,
+                                    counters=self._counters, new_kv=(k, v, batch.out_cache_loc),
+                                    rope=(positions, rotary.cos_sin_cache, rotary.is_neox_style))
         rotated = rotate_and_store(q, k, v, pool.k_buffer[layer_id], pool.v_buffer[layer_id], batch.out_cache_loc,
                                    rotary, positions)
         if rotated is None:
@@ -103,6 +126,7 @@ class TritonAttentionBackend(AttentionBackend):
         k_buf, v_buf = pool.k_buffer[layer_id], pool.v_buffer[layer_id]
         q = q.contiguous()
         if self._decode:
-            return decode_attention(q, k_buf, v_buf, self._kv_indptr, self._kv_indices, scaling, self._num_kv_splits)
+            return decode_attention(q, k_buf, v_buf, self._kv_indptr, self._kv_indices, scaling, self._num_kv_splits,
+                                    counters=self._counters)
         return tree_attention(q, k_buf, v_buf, batch.qo_indptr, batch.kv_indptr, batch.kv_indices, scaling,
                               batch.custom_mask, max_qo_len=self._max_qo_len)
