@@ -239,9 +239,9 @@ def test_decoder_chain_in_a_cuda_graph_matches_references(pdl, monkeypatch):
     """Every kernel of a decode step back to back in one CUDA graph (with and without PDL): each
     output matches its reference computed from the inputs the kernel actually read."""
     from lmlang.kernels.activation import silu_and_mul
-    from lmlang.kernels.kv_store import ref_store_kv
+    from lmlang.kernels.kv_store import ref_store_kv, store_kv
     from lmlang.kernels.rmsnorm import fused_add_rmsnorm
-    from lmlang.kernels.rotary import ref_apply_rotary, rotary_and_store_kv
+    from lmlang.kernels.rotary import apply_rotary, ref_apply_rotary, rotary_and_store_kv
 
     monkeypatch.setenv("LMLANG_PDL", pdl)
     g = torch.Generator().manual_seed(11)
@@ -260,7 +260,7 @@ def test_decoder_chain_in_a_cuda_graph_matches_references(pdl, monkeypatch):
     positions = torch.zeros(m, dtype=torch.int64, device="cuda")
     loc = torch.zeros(m, dtype=torch.int64, device="cuda")
     k_buf = torch.zeros(slots, kv_heads, head_dim, dtype=torch.bfloat16, device="cuda")
-    v_buf = torch.zeros_like(k_buf)
+    v_buf, k_buf2, v_buf2 = torch.zeros_like(k_buf), torch.zeros_like(k_buf), torch.zeros_like(k_buf)
     fma, split, dot = GPU_CONFIGS[0], GPU_CONFIGS[1], GPU_CONFIGS[2]
     r2 = torch.empty(m, hidden, dtype=torch.bfloat16, device="cuda")
 
@@ -274,9 +274,11 @@ def test_decoder_chain_in_a_cuda_graph_matches_references(pdl, monkeypatch):
         k = qkv[:, heads * head_dim: (heads + kv_heads) * head_dim].view(m, kv_heads, head_dim)
         v = qkv[:, (heads + kv_heads) * head_dim:].view(m, kv_heads, head_dim)
         pre_rotary = qkv.clone()
+        q_rot, k_rot = apply_rotary(q, k, positions, cache)  # out of place, before the in-place one
         rotary_and_store_kv(q, k, v, positions, cache, k_buf, v_buf, loc, inplace=True)
+        store_kv(k_buf2, v_buf2, loc, k_rot, v)
         d2 = gemv(gu, w_down, None, split, gated=True)
-        return dict(n1=n1, r1=r1, gu=gu, act=act, d=d, pre_rotary=pre_rotary, qkv=qkv, d2=d2)
+        return dict(n1=n1, r1=r1, gu=gu, act=act, d=d, pre_rotary=pre_rotary, qkv=qkv, q_rot=q_rot, d2=d2)
 
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -314,4 +316,6 @@ def test_decoder_chain_in_a_cuda_graph_matches_references(pdl, monkeypatch):
         ref_store_kv(k_ref, v_ref, loc, ref_k, v0)
         torch.testing.assert_close(k_buf[loc], k_ref[loc], atol=3e-2, rtol=2e-2)
         assert torch.equal(v_buf[loc], v_ref[loc])
+        assert torch.equal(k_buf2[loc], k_buf[loc]) and torch.equal(v_buf2[loc], v_buf[loc])
+        assert torch.equal(o["q_rot"], rotated[:, : heads * head_dim].view(m, heads, head_dim))
         assert _rel_err(o["d2"], ref_gemv(ref_silu_and_mul(o["gu"]), w_down)) < 1e-2

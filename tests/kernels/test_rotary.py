@@ -105,8 +105,9 @@ def test_rotary_and_store_kv_matches_rotate_then_store(device, dtype, pool_dtype
     # the pool holds exactly the rotated k the kernel returned (cast), and v; other slots untouched
     assert torch.equal(k_buf[loc.long()].view(torch.uint8), out_k.to(pool_dtype).view(torch.uint8))
     assert torch.equal(v_buf.view(torch.uint8), v_ref.view(torch.uint8))
-    torch.testing.assert_close(k_buf.float(), k_ref.float(), **_tol(dtype if pool_dtype != torch.float8_e4m3fn
-                                                                     else torch.bfloat16))
+    # an fp8 pool may round a value that differs from the reference by a bf16 ulp one fp8 step away
+    pool_tol = dict(atol=1e-2, rtol=0.13) if pool_dtype == torch.float8_e4m3fn else _tol(dtype)
+    torch.testing.assert_close(k_buf.float(), k_ref.float(), **pool_tol)
     untouched = torch.ones(slots, dtype=torch.bool, device=device)
     untouched[loc.long()] = False
     assert not k_buf[untouched].float().any()
