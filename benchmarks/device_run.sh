@@ -38,6 +38,12 @@
 #   parity           GPU parity vs transformers (trained tiny checkpoints and random ones)
 #   sched_cost       scheduler_cost.py: host CPU per decode step and GPU idle, batch 256, overlap on/off
 #   runtime_tests    every runtime GPU test but parity (backends, graphs, MLA, MoE, FP8, DeepSeek)
+#   fast_tests       the GPU tests of the decode-path kernels (gemv, rotary, norms, KV store, decode
+#                    attention) and of the attention backends and CUDA graphs
+#   decode_small     benchmarks/kernels.py --only decode_attention_small (B = 1..8, graph-captured, vs FlashInfer)
+#   gemv_m1          gemv_bench.py at M = 1: tune, fused inputs, decoder chain with PDL on / off
+#   b1               one_batch.py batch 1 / 64 at ctx 1024: profile and the engine's time per token
+#   b1_nopdl         the same at batch 1 with programmatic dependent launch off (LMLANG_PDL=0)
 #   cache_out        tar the FlashInfer JIT cache into $OUT (carry it back as .cache/fi_cache.tgz)
 set -u
 OUT=${OUT:-/tmp/lmlang-out}
@@ -116,6 +122,16 @@ for s in "$@"; do
     parity) step parity 300 "${PYTEST[@]}" tests/runtime/test_gpu_parity.py -s ;;
     sched_cost) step sched_cost 300 python3 benchmarks/scheduler_cost.py --config $LLAMA --out "$OUT/scheduler_cost.json" ;;
     runtime_tests) step runtime_tests 420 "${PYTEST[@]}" tests/runtime --deselect tests/runtime/test_gpu_parity.py ;;
+    fast_tests) step fast_tests 420 "${PYTEST[@]}" tests/kernels/test_gemv.py tests/kernels/test_rotary.py \
+      tests/kernels/test_rmsnorm.py tests/kernels/test_kv_store.py tests/kernels/test_activation.py \
+      tests/kernels/test_decode_attention.py tests/runtime/test_attention_backends.py tests/runtime/test_gpu_cuda_graph.py ;;
+    decode_small) step decode_small 240 python3 benchmarks/kernels.py --only decode_attention_small \
+      --out "$OUT/decode_small.json" ;;
+    gemv_m1) step gemv_m1 420 python3 benchmarks/gemv_bench.py --m 1 --out "$OUT/gemv_m1.json" ;;
+    b1) step b1 300 python3 benchmarks/one_batch.py --config $LLAMA --out "$OUT/b1.json" --batch 1,64 --ctx 1024 \
+      --prefill 8192 --compare-modes "" --profile 1:1024 --engine-itl 1:1024 ;;
+    b1_nopdl) step b1_nopdl 200 env LMLANG_PDL=0 python3 benchmarks/one_batch.py --config $LLAMA --out "$OUT/b1_nopdl.json" \
+      --batch 1 --ctx 1024 --prefill "" --compare-modes "" --profile 1:1024 --engine-itl 1:1024 ;;
     cache_out) step cache_out 60 tar -czf "$OUT/fi_cache.tgz" -C .cache flashinfer ;;
     bundle) (cd "$OUT" && tar -czf bundle.tgz --remove-files $(ls -d *.log *.json */ 2>/dev/null)) ;;  # one file back, not many
     *) echo "unknown step $s"; exit 2 ;;
