@@ -10,6 +10,10 @@ prefixes. Each row gives the kernel's and the reference's median time, and the k
 against a physical limit measured in the same run: copy bandwidth (a large device-to-device
 copy) for memory-bound kernels, the bf16 / fp8 dense matmul rate (torch at 8192^3) for GEMMs
 and attention. Prints a table and writes everything as JSON to `--out`.
+
+`--only decode_attention_small` runs the small-batch decode attention study instead of these
+rows (one launch per layer with rotary + KV store fused, FlashInfer as the peer, each inside a
+CUDA graph of 32 layers): see `decode_attention_small.py`, which prints its own tables.
 """
 
 from __future__ import annotations
@@ -467,7 +471,8 @@ def main() -> None:
     header = (f"{'kernel':<18} {'shape':<44} {'kernel us':>10} {'ref us':>10} {'speedup':>8} {'peer us':>9}  "
               f"{'rate':<26} {'of limit':>8}")
     print(header + "\n" + "-" * len(header))
-    for group in GROUPS:
+    small_attention = not only or "decode_attention_small" in only
+    for group in GROUPS if not only or only - {"decode_attention_small"} else ():
         for case in group():
             if only and case.kernel not in only:
                 continue
@@ -488,6 +493,10 @@ def main() -> None:
                              peer_us=peer_ms * 1e3 if peer_ms else None, bytes=case.bytes_moved, flops=case.flops,
                              rate=rate, fraction_of_limit=frac, limit=case.limit if case.flops else "copy"))
         torch.cuda.empty_cache()
+    if small_attention:
+        import decode_attention_small  # a sibling script: on sys.path when this file runs as one
+
+        rows += decode_attention_small.run(limits)
     args.out.write_text(json.dumps(dict(
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         device=torch.cuda.get_device_name(), commit=_commit(), torch=torch.__version__,
