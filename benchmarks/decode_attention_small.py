@@ -11,9 +11,9 @@ Variants (all with PDL, as `launch` decides):
 - two-launch: `decode_attention` stage 1 + merge kernel;
 - fused: one launch, the last split merges (`counters`);
 - fused+rope+kv: one launch that also rotates q / the new k and stores the new k / v;
-- rope+store+two-launch: what it replaces, `rotary_and_store_kv` then the two-launch kernels;
+- unfused: what it replaces, `rotary_and_store_kv` then the two-launch kernels;
 - flashinfer: `BatchDecodeWithPagedKVCacheWrapper` (tensor cores, use_cuda_graph=True, planned
-  outside the graph), and flashinfer+rope+store with `rotary_and_store_kv` before it;
+  outside the graph), and flashinfer+rk with `rotary_and_store_kv` before it;
 - sweep: fused+rope+kv at other tilings (dot/FMA, block_n, warps), twice the splits, PDL off.
 Bandwidth = K and V bytes read (B x ctx x 8 heads x 256 values x 2 bytes) / time, against the copy
 bandwidth measured first. `check` is max |fused+rope+kv - reference| on layer 0 (bf16).
@@ -174,12 +174,12 @@ def _measure(p: _Problem, reps: int) -> tuple[dict, dict]:
         "two-launch": _time_layers(p.two_launch, reps),
         "fused": _time_layers(p.fused, reps),
         "fused+rope+kv": _time_layers(p.fused_rope_kv, reps),
-        "rope+store+two-launch": _time_layers(lambda layer: p.two_launch(layer, p.rope_store(layer)), reps),
+        "unfused": _time_layers(lambda layer: p.two_launch(layer, p.rope_store(layer)), reps),
     }
     try:
         fi = _flashinfer(p)
         t["flashinfer"] = _time_layers(lambda layer: fi(layer, p.q_contiguous), reps)
-        t["flashinfer+rope+store"] = _time_layers(lambda layer: fi(layer, p.rope_store(layer)), reps)
+        t["flashinfer+rk"] = _time_layers(lambda layer: fi(layer, p.rope_store(layer)), reps)
     except Exception as e:  # not installed, or its JIT build failed
         print(f"flashinfer skipped: {type(e).__name__}: {str(e).splitlines()[0][:100]}")
     sweep = {}
@@ -189,12 +189,16 @@ def _measure(p: _Problem, reps: int) -> tuple[dict, dict]:
 
 
 def run(limits: dict, reps: int = 50) -> list[dict]:
-    """Measures every (B, ctx) and variant; prints the two tables; returns the JSON rows."""
+    """Measures every (B, ctx) and variant, printing a row as each problem finishes and the sweep
+    table last; returns the JSON rows."""
     copy = limits["copy_GBps"]
     rows: list[dict] = []
-    main_cols = ("two-launch", "fused", "fused+rope+kv", "rope+store+two-launch", "flashinfer",
-                 "flashinfer+rope+store")
-    main_table, sweep_table = [], {name: [] for name in SWEEP}
+    main_cols = ("two-launch", "fused", "fused+rope+kv", "unfused", "flashinfer", "flashinfer+rk")
+    print(f"\ndecode attention, Llama-3.1-8B shape, us per layer (graph of {GRAPH_LAYERS} layers); "
+          "bw = KV read / fused+rope+kv time; check = max |fused+rope+kv - reference|")
+    head = f"{'B':>2} {'ctx':>5} {'splits':>6} {'KV MB':>6} " + " ".join(f"{c:>13}" for c in main_cols)
+    print(head + f" {'bw GB/s':>8} {'of copy':>7} {'check':>8}\n" + "-" * (len(head) + 27), flush=True)
+    problems, sweep_table = [], {name: [] for name in SWEEP}
     for b in SMALL_BATCHES:
         for ctx in SMALL_CONTEXTS:
             p = _Problem(b, ctx)
@@ -206,21 +210,15 @@ def run(limits: dict, reps: int = 50) -> list[dict]:
                                  us_per_call=us, kv_GBps=gbps, fraction_of_copy=gbps / copy, check=err))
             for name, us in sweep.items():
                 sweep_table[name].append(us)
-            main_table.append((b, ctx, p.splits, p.kv_bytes, t, err))
+            cells = " ".join(f"{t[c]:>13.2f}" if c in t else f"{'-':>13}" for c in main_cols)
+            gbps = p.kv_bytes / t["fused+rope+kv"] / 1e3
+            print(f"{b:>2} {ctx:>5} {p.splits:>6} {p.kv_bytes / 1e6:>6.1f} {cells} {gbps:>8,.0f} {gbps / copy:>7.1%} "
+                  f"{err:>8.1e}", flush=True)
+            problems.append(f"B{b}/{ctx}")
             del p
             torch.cuda.empty_cache()
-
-    print(f"\ndecode attention, Llama-3.1-8B shape, us per layer (graph of {GRAPH_LAYERS} layers); "
-          "bw = KV read / fused+rope+kv time")
-    head = f"{'B':>2} {'ctx':>5} {'splits':>6} {'KV MB':>6} " + " ".join(f"{c:>12.12}" for c in main_cols)
-    print(head + f" {'bw GB/s':>8} {'of copy':>7} {'check':>8}\n" + "-" * (len(head) + 27))
-    for b, ctx, splits, kv_bytes, t, err in main_table:
-        cells = " ".join(f"{t[c]:>12.2f}" if c in t else f"{'-':>12}" for c in main_cols)
-        gbps = kv_bytes / t["fused+rope+kv"] / 1e3
-        print(f"{b:>2} {ctx:>5} {splits:>6} {kv_bytes / 1e6:>6.1f} {cells} {gbps:>8,.0f} {gbps / copy:>7.1%} "
-              f"{err:>8.1e}")
-    print(f"\nfused+rope+kv sweep, us per layer (splits x2: twice the rule's)\n{'':<24} "
-          + " ".join(f"{f'B{b}/{c}':>9}" for b, c, *_ in main_table))
+    print(f"\nfused+rope+kv sweep, us per layer (2x splits: twice the rule's)\n{'':<24} "
+          + " ".join(f"{name:>9}" for name in problems))
     for name, times in sweep_table.items():
         print(f"{name:<24} " + " ".join(f"{us:>9.2f}" for us in times))
     return rows

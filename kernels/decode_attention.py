@@ -52,7 +52,7 @@ from lmlang.kernels.split_k import merge_split_rows, merge_splits, split_partial
 DEFAULT_KV_SPLITS = 16
 MAX_SPLITS = 64  # the fused merge reads group x splits x Dv float32 partials in one program
 MIN_SPLIT_TOKENS = 32  # a split shorter than this costs more in partials than it gains
-_MERGE_CHUNK = 8  # splits merged per step of the fused merge (bounds its registers)
+_MERGE_CHUNK = 16  # splits merged per step of the fused merge (bounds its registers)
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def _round_to(x, dtype: tl.constexpr):
 @triton.jit
 def _rope_partner(offs_d, ROT_DIM: tl.constexpr, IS_NEOX: tl.constexpr):
     """(partner feature, frequency index, is-first-of-its-pair) of each feature < ROT_DIM."""
-    HALF: tl.constexpr = ROT_DIM // 2
+    HALF = ROT_DIM // 2
     if IS_NEOX:  # feature i pairs with i + HALF
         first = offs_d < HALF
         return tl.where(first, offs_d + HALF, offs_d - HALF), tl.where(first, offs_d, offs_d - HALF), first
@@ -237,7 +237,7 @@ def decode_attention_kernel(
     offs_dv = tl.arange(0, BLOCK_DV)
     d_mask = offs_d < D
     dv_mask = offs_dv < DV
-    dtype: tl.constexpr = q_ptr.dtype.element_ty
+    dtype = q_ptr.dtype.element_ty
 
     pdl_wait(USE_PDL)
     start = tl.load(kv_indptr_ptr + b)
