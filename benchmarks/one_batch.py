@@ -296,7 +296,7 @@ def main() -> None:
     results = dict(model=pathlib.Path(args.config).stem, backend=args.attention_backend or "flashinfer", info=info, limits=limits, prefill=[], decode=[], compare=[],
                    profile=[], engine=[])
     runner, init_s = make_runner(path, cuda_graph_max_batch=max(args.batch), max_running_requests=max(args.batch),
-                                 chunked_prefill_size=max(args.prefill), attention_backend=args.attention_backend)
+                                 chunked_prefill_size=max(args.prefill, default=8192), attention_backend=args.attention_backend)
     graphs = runner.graph_runner
     print(f"# runner up in {init_s:.1f} s: {runner.num_slots} KV slots, backend {type(runner.attn_backend).__name__}, "
           f"graphs {graphs.batch_sizes if graphs else None}", flush=True)

@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlang.runtime.layers.activation import silu_and_mul
 from lmlang.runtime.layers.dispatch import use_kernels
 
 WeightLoader = Callable[..., None]
@@ -58,21 +57,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         y = gemv(x.reshape(-1, x.shape[-1]), weight, bias, config)  # [rows, out]
         return y.reshape(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)
-
-
-def silu_mul_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """`(silu(gate) * up) @ weight.T + bias` for x: [..., 2 * in] (gate | up), weight: [out, in].
-
-    Where the GEMV kernel serves the product, the gating runs inside it (one launch, no
-    intermediate); elsewhere `silu_and_mul` then `linear`.
-    """
-    config = _gemv_config(x, weight, bias, x.shape[-1] // 2) if x.shape[-1] % 2 == 0 else None
-    if config is not None:
-        from lmlang.kernels.gemv import gemv
-
-        y = gemv(x.reshape(-1, x.shape[-1]), weight, bias, config, gated=True)  # [rows, out]
-        return y.reshape(*x.shape[:-1], weight.shape[0])
-    return linear(silu_and_mul(x), weight, bias)
 
 
 def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id: Optional[Hashable] = None) -> None:
@@ -107,10 +91,6 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
         return linear(x, self.weight, self.bias)
-
-    def forward_gated(self, x: torch.Tensor) -> torch.Tensor:  # [..., 2 * in] (gate | up) -> [..., out]
-        """This projection of `silu(gate) * up` (`silu_mul_linear`)."""
-        return silu_mul_linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

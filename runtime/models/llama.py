@@ -98,10 +98,8 @@ class LlamaMLP(nn.Module):
         self.down_proj = Linear(intermediate_size, hidden_size, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, hidden] -> [n, hidden]
-        gate_up = self.gate_up_proj(x)  # [n, 2 * intermediate]
-        if type(self.down_proj) is Linear:  # the gating can run inside the projection's kernel
-            return self.down_proj.forward_gated(gate_up)
-        return self.down_proj(self.act_fn(gate_up))  # e.g. a quantized projection
+        # (gating inside the down projection's GEMV was measured slower at batch 1: 37.1 vs 30.7 us)
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(PreNormDecoderLayer):
