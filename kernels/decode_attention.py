@@ -47,6 +47,7 @@ import triton.language as tl
 
 from lmlang.kernels.launch import dot_needs_fp32, launch, next_power_of_2, pdl_launch_dependents, pdl_wait
 from lmlang.kernels.paged_checks import check_gqa_buffers, check_one_device
+from lmlang.kernels.rounding import round_to
 from lmlang.kernels.split_k import merge_split_rows, merge_splits, split_partials, store_split_partial
 
 DEFAULT_KV_SPLITS = 16
@@ -98,20 +99,6 @@ def _mul_exact(a, b, EXACT_MUL: tl.constexpr):
 
 
 @triton.jit
-def _round_to(x, dtype: tl.constexpr):
-    """float32 x rounded to nearest-even in `dtype` (bf16 by bit arithmetic: the interpreter's
-    cast truncates), returned as float32."""
-    if dtype == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-        return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True).to(tl.float32)
-    elif dtype == tl.float16:
-        return x.to(tl.float16, fp_downcast_rounding="rtne").to(tl.float32)
-    else:
-        return x
-
-
-@triton.jit
 def _rope_partner(offs_d, ROT_DIM: tl.constexpr, IS_NEOX: tl.constexpr):
     """(partner feature, frequency index, is-first-of-its-pair) of each feature < ROT_DIM."""
     HALF = ROT_DIM // 2
@@ -136,12 +123,14 @@ def _load_rows(rows_ptr, mask, offs_d, ROPE: tl.constexpr, ROT_DIM: tl.constexpr
 
 
 @triton.jit
-def _rotate(x, xp, cos, sin, offs_d, ROT_DIM: tl.constexpr, IS_NEOX: tl.constexpr, EXACT_MUL: tl.constexpr):
-    """Rows x [R, BLOCK_D] rotated like `rotary.ref_apply_rotary` (float32, unrounded): for a pair
-    (a, b), a' = a cos - b sin and b' = b cos + a sin; features >= ROT_DIM pass through."""
+def _rotate(x, xp, cos, sin, offs_d, dtype: tl.constexpr, ROT_DIM: tl.constexpr, IS_NEOX: tl.constexpr,
+            EXACT_MUL: tl.constexpr):
+    """Rows x [R, BLOCK_D] (float32 holding `dtype` values) rotated like `rotary.ref_apply_rotary`:
+    for a pair (a, b), a' = a cos - b sin and b' = b cos + a sin with cos / sin and each product
+    rounded to `dtype` (the sum is left for the caller to round); features >= ROT_DIM pass through."""
     _, _, first = _rope_partner(offs_d, ROT_DIM, IS_NEOX)
-    xc = _mul_exact(x, cos[None, :], EXACT_MUL)
-    xs = _mul_exact(xp, sin[None, :], EXACT_MUL)
+    xc = round_to(_mul_exact(x, round_to(cos, dtype)[None, :], EXACT_MUL), dtype)
+    xs = round_to(_mul_exact(xp, round_to(sin, dtype)[None, :], EXACT_MUL), dtype)
     return tl.where((offs_d < ROT_DIM)[None, :], tl.where(first[None, :], xc - xs, xc + xs), x)
 
 
@@ -271,13 +260,13 @@ def decode_attention_kernel(
                         stride_ks, stride_kh, stride_vs, stride_vh)
 
     if ROPE:
-        q = _rotate(q, q_partner, cos, sin, offs_d, ROT_DIM, IS_NEOX, EXACT_MUL)
-    q = _round_to(q, dtype)  # [BLOCK_G, BLOCK_D] float32 holding dtype values
+        q = _rotate(q, q_partner, cos, sin, offs_d, dtype, ROT_DIM, IS_NEOX, EXACT_MUL)
+    q = round_to(q, dtype)  # [BLOCK_G, BLOCK_D] float32 holding dtype values
     q_op = q if DOT_IN_FP32 else q.to(dtype)
     if NEW_KV:
         if ROPE:
-            k_new = _rotate(k_new, k_partner, cos, sin, offs_d, ROT_DIM, IS_NEOX, EXACT_MUL)
-        k_new = _round_to(k_new, dtype)
+            k_new = _rotate(k_new, k_partner, cos, sin, offs_d, dtype, ROT_DIM, IS_NEOX, EXACT_MUL)
+        k_new = round_to(k_new, dtype)
         # one program per (b, kv_head) writes the new row: the owner, or split 0 of an empty context
         # (masks are bounds on the feature index: the interpreter cannot mask with a broadcast scalar bool)
         writes_new = owner | ((seq_len <= 0) & (split == 0))

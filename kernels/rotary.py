@@ -6,7 +6,10 @@ scaling already folded in). Only the first `rotary_dim` features of each head ro
 pass through. Two pairings of features:
 - neox (`is_neox=True`, Llama/Qwen): feature i pairs with i + rotary_dim/2;
 - GPT-J interleaved (`is_neox=False`, DeepSeek's rope part): feature 2i pairs with 2i + 1.
-For a pair (a, b) and frequency i: `a' = a cos - b sin`, `b' = b cos + a sin`, in float32.
+For a pair (a, b) and frequency i: `a' = a cos - b sin`, `b' = b cos + a sin`, rounded as the
+Hugging Face modules compute it in the activations' dtype: cos and sin, each product and the sum
+rounded to that dtype (bf16 / fp16; float32 inputs stay float32). Keeping the reference's
+rounding keeps the engine's bf16 logprobs close to the checkpoints' reference implementation.
 
 One program handles one block of up to 8 heads of one token (q's blocks, then k's), so a
 decode step's few tokens still spread over several SMs. q and k may be strided views (e.g.
@@ -25,6 +28,7 @@ import triton.language as tl
 
 from lmlang.kernels.kv_store import check_store_kv
 from lmlang.kernels.launch import launch, next_power_of_2, pdl_launch_dependents, pdl_wait
+from lmlang.kernels.rounding import round_to
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -52,8 +56,12 @@ def _rotate_heads(
     dst = dst_row + offs_h[:, None] * dst_head_stride
     a = tl.load(src + first[None, :], mask=mask, other=0.0)
     b = tl.load(src + second[None, :], mask=mask, other=0.0)
-    a_rot = (a.to(tl.float32) * cos[None, :] - b.to(tl.float32) * sin[None, :]).to(a.dtype)
-    b_rot = (b.to(tl.float32) * cos[None, :] + a.to(tl.float32) * sin[None, :]).to(a.dtype)
+    dt = a.dtype
+    c = round_to(cos, dt)[None, :]
+    s = round_to(sin, dt)[None, :]
+    af, bf = a.to(tl.float32), b.to(tl.float32)
+    a_rot = round_to(round_to(af * c, dt) - round_to(bf * s, dt), dt).to(a.dtype)
+    b_rot = round_to(round_to(bf * c, dt) + round_to(af * s, dt), dt).to(a.dtype)
     tl.store(dst + first[None, :], a_rot.to(dst_row.dtype.element_ty), mask=mask)
     tl.store(dst + second[None, :], b_rot.to(dst_row.dtype.element_ty), mask=mask)
     if TO_POOL:
@@ -235,14 +243,15 @@ def ref_apply_rotary(
     cos, sin = cos_sin_cache[positions.long()].float().chunk(2, dim=-1)  # [T, rotary_dim / 2] each
     cos, sin = cos[:, None, :], sin[:, None, :]
 
-    def rotate(x: torch.Tensor) -> torch.Tensor:
-        rot, tail = x[..., :rotary_dim].float(), x[..., rotary_dim:]
+    def rotate(x: torch.Tensor) -> torch.Tensor:  # every op in x's dtype, as Hugging Face computes it
+        rot, tail = x[..., :rotary_dim], x[..., rotary_dim:]
+        cos_x, sin_x = cos.to(x.dtype), sin.to(x.dtype)
         if is_neox:
             a, b = rot.chunk(2, dim=-1)
-            out = torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)
+            out = torch.cat([a * cos_x - b * sin_x, b * cos_x + a * sin_x], dim=-1)
         else:
             a, b = rot[..., 0::2], rot[..., 1::2]
-            out = torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(-2)
+            out = torch.stack([a * cos_x - b * sin_x, b * cos_x + a * sin_x], dim=-1).flatten(-2)
         return torch.cat([out.to(x.dtype), tail], dim=-1)
 
     return rotate(q), rotate(k)

@@ -4,7 +4,8 @@
 model can see, `cos | sin` of `position * inv_freq` (float32, times the scaling's attention
 factor). Applying it gathers rows by `positions`, so any mix of sequences and offsets works.
 On CUDA the `lmlang.kernels.rotary` kernel rotates q and k in one launch from the same cache
-(in float32; the torch code multiplies in the activations' dtype, as Hugging Face does).
+(attention backends may fuse it into their KV store or decode kernel); kernels and torch code
+round as Hugging Face does, every op in the activations' dtype.
 
 Scaling types (`rope_scaling["rope_type"]`, or the legacy key `"type"`):
 - default: `inv_freq = base ** (-2i / rotary_dim)`.
