@@ -42,6 +42,8 @@
 #                    attention) and of the attention backends and CUDA graphs
 #   decode_small     benchmarks/kernels.py --only decode_attention_small (B = 1..8, graph-captured, vs FlashInfer)
 #   gemv_m1          gemv_bench.py at M = 1: tune, fused inputs, decoder chain with PDL on / off
+#   rope_tests       the GPU tests of the rotary and decode-attention kernels, backends and CUDA graphs
+#   parity_trained   GPU parity vs transformers on the trained tiny checkpoints only
 #   b1               one_batch.py batch 1 / 64 at ctx 1024: profile and the engine's time per token
 #   b1_nopdl         the same at batch 1 with programmatic dependent launch off (LMLANG_PDL=0)
 #   cache_out        tar the FlashInfer JIT cache into $OUT (carry it back as .cache/fi_cache.tgz)
@@ -125,6 +127,9 @@ for s in "$@"; do
     fast_tests) step fast_tests 420 "${PYTEST[@]}" tests/kernels/test_gemv.py tests/kernels/test_rotary.py \
       tests/kernels/test_rmsnorm.py tests/kernels/test_kv_store.py tests/kernels/test_activation.py \
       tests/kernels/test_decode_attention.py tests/runtime/test_attention_backends.py tests/runtime/test_gpu_cuda_graph.py ;;
+    rope_tests) step rope_tests 300 "${PYTEST[@]}" tests/kernels/test_rotary.py tests/kernels/test_decode_attention.py \
+      tests/runtime/test_attention_backends.py tests/runtime/test_gpu_cuda_graph.py ;;
+    parity_trained) step parity_trained 400 "${PYTEST[@]}" tests/runtime/test_gpu_parity.py -k trained -s ;;
     decode_small) step decode_small 240 python3 benchmarks/kernels.py --only decode_attention_small \
       --out "$OUT/decode_small.json" ;;
     gemv_m1) step gemv_m1 420 python3 benchmarks/gemv_bench.py --m 1 --out "$OUT/gemv_m1.json" ;;
