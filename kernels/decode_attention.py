@@ -24,8 +24,13 @@ One launch per layer, when asked (all keyword-only options of `decode_attention`
   context's last position attends to the new token from registers and stores the rotated k and v
   at `out_cache_loc[b]` (the slot the engine put last in the context, which no program reads from
   the pool). That store happens even for an empty context (by split 0), as `store_kv` would.
-- PDL (`launch.launch(pdl=True)`): a program lets the next kernel launch at once and waits for the
-  previous one before its first read of q, the new k/v, the indices or the pool.
+- PDL (`launch.launch(pdl=True)`): a program lets the next kernel launch at once. With `new_kv` it
+  reads the indices, positions, slots and its first context tile before waiting for the previous
+  kernel (whose output is q and the new k / v), so that chain of dependent loads overlaps the
+  previous kernel's tail. This relies on the index buffers, positions and slots being written
+  by host copies or by kernels that finished before the forward began (true of the batch builder
+  and of CUDA-graph replays). Without `new_kv` the previous kernel stored the new token's row, so
+  the program waits before any read.
 
 Cost at small batch (Llama-3.1-8B: Hq 32, Hk 8, D 128): the KV read is a few MB, about a
 microsecond of bandwidth, so the kernel is bound by the latency of its dependent loads
@@ -228,19 +233,18 @@ def decode_attention_kernel(
     dv_mask = offs_dv < DV
     dtype = q_ptr.dtype.element_ty
 
-    pdl_wait(USE_PDL)
+    # Before the PDL wait only what no kernel of this forward writes is read: the index buffers,
+    # positions and slots (host copies, or kernels that finished before the forward began) and,
+    # with NEW_KV, the context's K/V rows (earlier steps; this step's row is not read from the pool).
+    # Without NEW_KV the previous kernel has just stored the new row, so the wait comes first.
+    if not NEW_KV:
+        pdl_wait(USE_PDL)
     start = tl.load(kv_indptr_ptr + b)
     seq_len = tl.load(kv_indptr_ptr + b + 1) - start
     if ROPE:
         pos = tl.load(positions_ptr + b).to(tl.int64)
-    q, q_partner = _load_rows(q_ptr + b * stride_qb + heads[:, None] * stride_qh,
-                              g_mask[:, None] & d_mask[None, :], offs_d, ROPE, ROT_DIM, IS_NEOX)
     if NEW_KV:
         slot = tl.load(out_loc_ptr + b).to(tl.int64)
-        k_new, k_partner = _load_rows(k_new_ptr + b * stride_knb + kv_head * stride_knh, d_mask[None, :],
-                                      offs_d, ROPE, ROT_DIM, IS_NEOX)  # [1, BLOCK_D]
-        v_new = tl.load(v_new_ptr + b * stride_vnb + kv_head * stride_vnh + offs_dv[None, :],
-                        mask=dv_mask[None, :], other=0.0)  # [1, BLOCK_DV]
     split_len = tl.cdiv(seq_len, NUM_SPLITS)
     lo = split * split_len
     hi = tl.minimum(lo + split_len, seq_len)
@@ -258,6 +262,15 @@ def decode_attention_kernel(
         sin = tl.load(cos_sin_ptr + pos * ROT_DIM + ROT_DIM // 2 + freq, mask=rot, other=0.0).to(tl.float32)
     k, v = _gather_tile(k_ptr, v_ptr, slots, n_mask, kv_head, offs_d, offs_dv, d_mask, dv_mask,
                         stride_ks, stride_kh, stride_vs, stride_vh)
+    if NEW_KV:
+        pdl_wait(USE_PDL)  # q and the new k / v are the previous kernel's output
+    q, q_partner = _load_rows(q_ptr + b * stride_qb + heads[:, None] * stride_qh,
+                              g_mask[:, None] & d_mask[None, :], offs_d, ROPE, ROT_DIM, IS_NEOX)
+    if NEW_KV:
+        k_new, k_partner = _load_rows(k_new_ptr + b * stride_knb + kv_head * stride_knh, d_mask[None, :],
+                                      offs_d, ROPE, ROT_DIM, IS_NEOX)  # [1, BLOCK_D]
+        v_new = tl.load(v_new_ptr + b * stride_vnb + kv_head * stride_vnh + offs_dv[None, :],
+                        mask=dv_mask[None, :], other=0.0)  # [1, BLOCK_DV]
 
     if ROPE:
         q = _rotate(q, q_partner, cos, sin, offs_d, dtype, ROT_DIM, IS_NEOX, EXACT_MUL)
