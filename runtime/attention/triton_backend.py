@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 
 from lmlang.kernels.decode_attention import DecodeAttentionConfig, decode_attention
+from lmlang.kernels.launch import next_power_of_2
 from lmlang.kernels.kv_store import store_kv
 from lmlang.kernels.tree_attention import tree_attention
 from lmlang.runtime.attention.base import AttentionBackend, AttentionSpec, register_backend, rotate_and_store
@@ -72,8 +73,12 @@ class TritonAttentionBackend(AttentionBackend):
         self._counters = torch.zeros(0, dtype=torch.int32, device=self.device)  # per (sequence, KV head), kept 0
 
     def num_kv_splits(self, batch_size: int, num_kv_heads: int) -> int:
-        """Context splits for a decode batch: ceil(target programs / (batch x KV heads)), in [1, max]."""
-        return max(1, min(self.max_kv_splits, -(-self._target_programs // max(batch_size * num_kv_heads, 1))))
+        """Context splits for a decode batch: ceil(target programs / (B x KV heads)), in [1, max],
+        with B the batch size rounded up to a power of two. Every power of two is a CUDA-graph
+        bucket, so a batch and the bucket it is padded to get the same splits: a step computes the
+        same numbers replayed or eager."""
+        rounded = next_power_of_2(batch_size)
+        return max(1, min(self.max_kv_splits, -(-self._target_programs // max(rounded * num_kv_heads, 1))))
 
     def _reserve_counters(self, batch_size: int) -> None:
         """Grows the split-merge counters to cover `batch_size` sequences (never during a capture:
