@@ -45,6 +45,7 @@
 #   rope_tests       the GPU tests of the rotary and decode-attention kernels, backends and CUDA graphs
 #   parity_trained   GPU parity vs transformers on the trained tiny checkpoints only
 #   b1               one_batch.py batch 1 / 64 at ctx 1024: profile and the engine's time per token
+#   decode_engine    one_batch.py batch 1 / 64 / 256 at ctx 1024 (runner and engine time per token), prefill 8192
 #   b1_nopdl         the same at batch 1 with programmatic dependent launch off (LMLANG_PDL=0)
 #   cache_out        tar the FlashInfer JIT cache into $OUT (carry it back as .cache/fi_cache.tgz)
 set -u
@@ -135,6 +136,8 @@ for s in "$@"; do
     gemv_m1) step gemv_m1 420 python3 benchmarks/gemv_bench.py --m 1 --out "$OUT/gemv_m1.json" ;;
     b1) step b1 300 python3 benchmarks/one_batch.py --config $LLAMA --out "$OUT/b1.json" --batch 1,64 --ctx 1024 \
       --prefill 8192 --compare-modes "" --profile 1:1024 --engine-itl 1:1024 ;;
+    decode_engine) step decode_engine 400 python3 benchmarks/one_batch.py --config $LLAMA --out "$OUT/decode_engine.json" \
+      --batch 1,64,256 --ctx 1024 --prefill 8192 --compare-modes "" --engine-itl 1:1024,64:1024,256:1024 ;;
     b1_nopdl) step b1_nopdl 200 env LMLANG_PDL=0 python3 benchmarks/one_batch.py --config $LLAMA --out "$OUT/b1_nopdl.json" \
       --batch 1 --ctx 1024 --prefill "" --compare-modes "" --profile 1:1024 --engine-itl 1:1024 ;;
     cache_out) step cache_out 60 tar -czf "$OUT/fi_cache.tgz" -C .cache flashinfer ;;
