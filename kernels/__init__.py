@@ -2,7 +2,8 @@
 
 Modules (import the one you need; this package imports nothing eagerly):
 - `rmsnorm`: `rmsnorm`, `fused_add_rmsnorm`
-- `rotary`: `apply_rotary` (neox / GPT-J pairing, partial rotary, from a cos/sin cache)
+- `rotary`: `apply_rotary` (neox / GPT-J pairing, partial rotary, from a cos/sin cache),
+  `rotary_and_store_kv` (the rotation and the KV-pool store in one launch)
 - `activation`: `silu_and_mul`
 - `kv_store`: `store_kv` (MHA/GQA pool), `store_mla_kv` (MLA latent pool)
 - `bitmask`: `apply_token_bitmask_` (packed int32 grammar masks on logits)
@@ -10,7 +11,11 @@ Modules (import the one you need; this package imports nothing eagerly):
 - `fused_moe`: `fused_moe_gemm`, `fused_experts`; token alignment in `moe_align`; configs in `moe_config`
 - `mla_decode`: `mla_decode` (split-K decode over a latent cache)
 - `tree_attention`: `tree_attention` (ragged queries over paged KV, custom or causal mask)
-- `decode_attention`: `decode_attention` (split-K GQA decode over paged KV, graph-capturable grid)
+- `decode_attention`: `decode_attention` (split-K GQA decode over paged KV, graph-capturable grid;
+  optionally one launch: in-kernel split merge, rotary of q / new k and the new token's store)
+- `gemv`: `gemv` (skinny products for decode batches of <= 8 rows, tuned tables per device)
+- `launch`: interpreter-safe launches and programmatic dependent launch (`pdl_wait`, ...);
+  `rounding`: `round_to` (bf16 / fp16 rounding that matches torch, compiled or interpreted)
 
 Launchers check shapes, dtypes, devices and layouts and raise ValueError naming the problem.
 CUDA tensors run the compiled kernels; CPU tensors run the same kernels through triton's
