@@ -309,9 +309,9 @@ def ref_gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
 # ---- tuned tables ------------------------------------------------------------------------------
 
 
-def config_file(device_name: str) -> pathlib.Path:
-    """The shipped table for `device_name` (as torch names the device)."""
-    return CONFIG_DIR / f"gemv_{device_name.replace(' ', '_').replace('/', '_')}.json"
+def config_file(device_name: str, table: str = "gemv") -> pathlib.Path:
+    """The shipped table `table` (`gemv`, `gemv_fp8`) for `device_name` (as torch names the device)."""
+    return CONFIG_DIR / f"{table}_{device_name.replace(' ', '_').replace('/', '_')}.json"
 
 
 def parse_table(raw: dict, section: str = "shapes") -> dict[tuple[int, int, str], dict[int, Optional[GemvConfig]]]:
@@ -344,11 +344,15 @@ def _load(path: str, section: str) -> dict:
     return parse_table(json.loads(p.read_text()), section) if p.exists() else {}
 
 
-def _lookup(m: int, n: int, k: int, dtype: torch.dtype, device_name: str, section: str) -> Optional[GemvConfig]:
+def lookup_config(m: int, n: int, k: int, dtype: torch.dtype, device_name: str, *, table: str = "gemv",
+                  env: str = CONFIG_ENV, section: str = "shapes") -> Optional[GemvConfig]:
+    """The entry for weight (n, k), x dtype and m rows in a tuned table (uncached; see `gemv_config`):
+    the file `$env` names, else the shipped `configs/<table>_<device>.json`; None for an m outside
+    1..MAX_M, an untuned shape, or an m above the shape's largest tuned row count."""
     if not 1 <= m <= MAX_M:
         return None
-    table = _load(os.environ.get(CONFIG_ENV) or str(config_file(device_name)), section)
-    per_m = table.get((n, k, _dtype_name(dtype)))
+    entries = _load(os.environ.get(env) or str(config_file(device_name, table)), section)
+    per_m = entries.get((n, k, _dtype_name(dtype)))
     if not per_m:
         return None
     fits = [tuned for tuned in per_m if tuned >= m]
@@ -365,7 +369,7 @@ def gemv_config(m: int, n: int, k: int, dtype: torch.dtype, device_name: str) ->
     entry of the smallest tuned row count >= m. Cached: the answer for a shape never changes
     within a process, so a CUDA graph captures the same choice it was warmed up with.
     """
-    return _lookup(m, n, k, dtype, device_name, "shapes")
+    return lookup_config(m, n, k, dtype, device_name)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -373,4 +377,4 @@ def fused_gemv_config(m: int, n: int, k: int, dtype: torch.dtype, device_name: s
     """The fastest GEMV config for weight (n, k) at m rows even where cuBLAS beats it on a plain
     input: the one to run with a gated or normalized input. The table's `ours` entry, else
     `gemv_config`'s; None where neither has one (then run the unfused kernels)."""
-    return _lookup(m, n, k, dtype, device_name, "ours") or gemv_config(m, n, k, dtype, device_name)
+    return lookup_config(m, n, k, dtype, device_name, section="ours") or gemv_config(m, n, k, dtype, device_name)
