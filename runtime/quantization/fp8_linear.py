@@ -16,6 +16,11 @@ torch >= 2.9 with CUDA >= 12.9), chosen by the backend (`$LMLANG_FP8_GEMM_BACKEN
 - `triton`: always the Triton kernel; `cublas`: cuBLAS at every batch size (an error at load
   time for a weight it cannot run).
 cuBLAS runs bf16 models only (the output dtype its probe checks); others use the Triton kernel.
+At decode batch sizes (M <= 8 tokens) on CUDA, a projection runs W8A16 instead where the device's
+tuned table (`lmlang.kernels.gemv_fp8.gemv_fp8_config`, from `benchmarks/gemv_bench.py --fp8`)
+says it beats W8A8 for that weight shape and token count: one `gemv_fp8` launch streams the fp8
+weight and multiplies it, block-scaled, with x as it is -- no activation quantization kernel and
+no activation rounding (more accurate than W8A8). Without a table entry W8A8 runs as above.
 The choice and cuBLAS's weight-scale layout are fixed once, in `process_weights_after_loading`
 (the model loader calls it); a forward then only compares its token count with the threshold,
 so it adds no host synchronization and captures in CUDA graphs. Elsewhere (CPU) the torch
@@ -48,7 +53,10 @@ from lmlang.kernels.fp8_cublas import (
     cublas_weight_scales,
     fp8_block_gemm_cublas,
 )
-from lmlang.runtime.layers.linear import Linear, StackedLinear, new_parameter
+from lmlang.kernels.gemv import MAX_M, GemvConfig
+from lmlang.kernels.gemv_fp8 import config_fits_block, gemv_fp8, gemv_fp8_config
+from lmlang.runtime.layers.dispatch import use_kernels
+from lmlang.runtime.layers.linear import Linear, StackedLinear, _device_name, new_parameter
 
 
 GEMM_BACKENDS = ("auto", "triton", "cublas")
@@ -68,6 +76,17 @@ def gemm_backend_from_env() -> str:
 
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def w8a16_config(m: int, n: int, k: int, dtype: torch.dtype, block: tuple[int, int],
+                 device_name: str) -> Optional[GemvConfig]:
+    """The `gemv_fp8` config for m tokens of x (`dtype`) times an [n, k] fp8 weight scaled per
+    `block`, or None to run W8A8: none for m > 8, an x dtype other than bf16 / fp16, no table
+    entry (`gemv_fp8_config`, cached), or an entry that does not fit the block."""
+    if not 1 <= m <= MAX_M or dtype not in (torch.bfloat16, torch.float16):
+        return None
+    config = gemv_fp8_config(m, n, k, dtype, device_name)
+    return config if config is not None and config_fits_block(config, block) else None
 
 
 def quant_activation(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,6 +242,17 @@ class Fp8Linear(nn.Module):
         if self.padded_in != self.in_features:
             x2 = F.pad(x2, (0, self.padded_in - self.in_features))
         m = x2.shape[0]
+        if use_kernels(x) and m <= MAX_M:
+            config = w8a16_config(m, *self.weight.shape, x.dtype, self.block, _device_name(x.device.index or 0))
+            if config is not None:
+                fused_bias = self.bias is not None and self.bias.dtype == x.dtype
+                if x2.stride(1) != 1:
+                    x2 = x2.contiguous()
+                y = gemv_fp8(x2, self.weight, self.weight_scale_inv, self.block, self.bias if fused_bias else None,
+                             config)
+                if self.bias is not None and not fused_bias:
+                    y = y + self.bias
+                return y.reshape(*lead, self.out_features)
         use_cublas = self.cublas_min_tokens is not None and m >= self.cublas_min_tokens and x.dtype == torch.bfloat16
         if use_cublas and x.is_cuda:
             # rows padded to a multiple of 4, scales column-major: the layout cuBLASLt reads

@@ -223,3 +223,84 @@ def test_fp8_linear_cublas_backend_matches_triton_and_captures_in_a_cuda_graph()
     graph.replay()
     eager = layer(x.flip(1))
     torch.testing.assert_close(static_y.float(), eager.float(), atol=1e-2 * eager.abs().max().item(), rtol=0)
+
+
+def _w8a16_table(tmp_path, monkeypatch, entries: dict) -> None:
+    from lmlang.kernels import gemv_fp8 as gemv_fp8_mod
+    from lmlang.kernels.gemv import table_key
+
+    table = {"device": "test", "shapes": {table_key(n, k, dtype): per_m for (n, k, dtype), per_m in entries.items()}}
+    path = tmp_path / "gemv_fp8.json"
+    path.write_text(json.dumps(table))
+    monkeypatch.setenv(gemv_fp8_mod.CONFIG_ENV, str(path))
+    gemv_fp8_mod.gemv_fp8_config.cache_clear()
+
+
+def test_small_batch_w8a16_path_is_chosen_only_where_the_table_has_a_fitting_entry(tmp_path, monkeypatch):
+    from lmlang.kernels.gemv import GemvConfig
+    from lmlang.kernels.gemv_fp8 import gemv_fp8_config
+    from lmlang.runtime.quantization.fp8_linear import w8a16_config
+
+    fma, wide = GemvConfig(block_n=8, block_k=64), GemvConfig(block_n=64, block_k=64)
+    _w8a16_table(tmp_path, monkeypatch, {
+        (48, 64, torch.bfloat16): {"2": fma.to_json(), "8": None},
+        (32, 64, torch.bfloat16): {"1": wide.to_json()},  # strips of 64 rows: do not fit 32-row blocks
+    })
+    try:
+        assert w8a16_config(1, 48, 64, torch.bfloat16, BLOCK, "any") == fma
+        assert w8a16_config(2, 48, 64, torch.bfloat16, BLOCK, "any") == fma
+        assert w8a16_config(3, 48, 64, torch.bfloat16, BLOCK, "any") is None  # W8A8 won at the next tuned M
+        assert w8a16_config(9, 48, 64, torch.bfloat16, BLOCK, "any") is None  # past decode sizes
+        assert w8a16_config(1, 48, 64, torch.float32, BLOCK, "any") is None  # no fp32 x
+        assert w8a16_config(1, 48, 128, torch.bfloat16, BLOCK, "any") is None  # untuned shape
+        assert w8a16_config(1, 32, 64, torch.bfloat16, BLOCK, "any") is None  # entry does not fit the block
+        assert w8a16_config(1, 32, 64, torch.bfloat16, (64, 64), "any") == wide
+        # CPU layers keep the torch reference of W8A8 whatever the table says
+        gen = torch.Generator().manual_seed(1)
+        linear = Linear(40, 48, bias=True)
+        with torch.no_grad():
+            for p in linear.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen))
+        layer = Fp8Linear.quantize(linear.to(torch.bfloat16), BLOCK)
+        x = torch.randn(1, 40, generator=gen).to(torch.bfloat16)
+        x_q = fake_quant_activation(torch.nn.functional.pad(x, (0, 24)), 32).float()[:, :40]
+        expected = (x_q @ layer.dequantized_weight().float().t() + linear.bias.float()).to(torch.bfloat16)
+        torch.testing.assert_close(layer(x), expected, atol=2e-2, rtol=2e-2)
+    finally:
+        gemv_fp8_config.cache_clear()
+
+
+@pytest.mark.gpu
+def test_fp8_linear_runs_w8a16_at_small_batch_on_gpu_and_captures_in_a_cuda_graph(tmp_path, monkeypatch):
+    from lmlang.kernels.gemv import GemvConfig
+    from lmlang.kernels.gemv_fp8 import gemv_fp8_config, ref_gemv_fp8
+
+    gen = torch.Generator().manual_seed(0)
+    linear = Linear(1400, 2112, bias=True)  # K padded to 1408
+    with torch.no_grad():
+        for p in linear.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * p.shape[-1] ** -0.5)
+    layer = Fp8Linear.quantize(linear.to("cuda", torch.bfloat16), (128, 128))
+    layer.process_weights_after_loading("auto")
+    x = torch.randn(3, 1400, generator=gen).to("cuda", torch.bfloat16)
+    w8a8 = layer(x)
+    config = GemvConfig(block_n=16, block_k=256, split_k=2, num_warps=8)
+    _w8a16_table(tmp_path, monkeypatch, {(2112, 1408, torch.bfloat16): {"4": config.to_json()}})
+    try:
+        y = layer(x)
+        expected = ref_gemv_fp8(torch.nn.functional.pad(x, (0, 8)), layer.weight, layer.weight_scale_inv,
+                                (128, 128), layer.bias)
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(y.float(), expected.float(), atol=1e-2 * scale, rtol=0)
+        assert (y - expected).float().norm() < (w8a8 - expected).float().norm()  # no activation rounding
+        assert torch.equal(layer(x[None])[0], y)  # leading dims are flattened
+        graph, static_x = torch.cuda.CUDAGraph(), x.clone()
+        layer(static_x)
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph):
+            static_y = layer(static_x)
+        static_x.copy_(x.flip(0))
+        graph.replay()
+        assert torch.equal(static_y, layer(x.flip(0)))
+    finally:
+        gemv_fp8_config.cache_clear()
