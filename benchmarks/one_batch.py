@@ -23,7 +23,10 @@ Drives `ModelRunner` directly (no scheduler, no front end), as SGLang's bench_on
   requests) is the decode step time a user sees, host work hidden behind the GPU by overlap.
 - profile (`--profile 1:1024,64:1024`): for those decode shapes, the host time of each phase of a
   graph step (batch build, attention planning, replay launch) and the GPU time per kernel of a
-  replay (torch.profiler over a few replays), largest first.
+  replay (torch.profiler over a few replays), largest first. With programmatic dependent launch
+  (`LMLANG_PDL`, on by default on Hopper) kernels overlap their neighbours and each one's time
+  includes its wait for the previous one, so the per-kernel times no longer add up to the replay;
+  profile with `LMLANG_PDL=0` to apportion a step.
 Prints the limits first and a table last; writes everything to `--out` as JSON.
 """
 
