@@ -3,6 +3,9 @@ and what PDL and the fused inputs buy.
 
     python benchmarks/gemv_bench.py --out gemv.json [--m 1,2,4,8] [--shapes qkv,o,gate_up,down,lm_head]
                                     [--sections tune,fused,chain] [--chain-layers 8] [--tuned earlier.json]
+    python benchmarks/gemv_bench.py --fp8 --out gemv_fp8.json [--m 1,2,4,8]
+
+`--fp8` tunes the W8A16 FP8 GEMV on DeepSeek's shapes instead (see `gemv_fp8_tune.py`).
 
 Every time is taken as the model runs the kernels: inside a CUDA graph, back to back over enough
 copies of the weights (>= 1 GiB and >= 4 copies per replay, so nothing is served from the 50 MB
@@ -362,6 +365,8 @@ def main() -> None:
     parser.add_argument("--tuned", type=pathlib.Path,
                         help="without the tune section: take the configs from this earlier --out JSON")
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--fp8", action="store_true",
+                        help="tune the W8A16 FP8 GEMV on DeepSeek's shapes instead (gemv_fp8_tune.py)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("benchmarks/gemv_bench.py needs a CUDA device")
@@ -371,6 +376,11 @@ def main() -> None:
     unknown = (set(names) - set(SHAPES)) | (sections - {"tune", "fused", "chain"})
     if unknown or not ms or not all(1 <= m <= 8 for m in ms):
         sys.exit(f"unknown shapes or sections {sorted(unknown)}, or row counts {ms} outside 1..8")
+    if args.fp8:
+        from gemv_fp8_tune import run_fp8
+
+        run_fp8(args.out, ms, args.reps)
+        return
     t_start = time.perf_counter()
     limits, info = measure_limits(rep_ms=100), run_info()
     print_limits(limits, info)
