@@ -14,6 +14,7 @@ Modules (import the one you need; this package imports nothing eagerly):
 - `decode_attention`: `decode_attention` (split-K GQA decode over paged KV, graph-capturable grid;
   optionally one launch: in-kernel split merge, rotary of q / new k and the new token's store)
 - `gemv`: `gemv` (skinny products for decode batches of <= 8 rows, tuned tables per device)
+- `gemv_fp8`: `gemv_fp8` (W8A16 skinny products with block-scaled FP8 weights, tuned tables per device)
 - `launch`: interpreter-safe launches and programmatic dependent launch (`pdl_wait`, ...);
   `rounding`: `round_to` (bf16 / fp16 rounding that matches torch, compiled or interpreted)
 
