@@ -46,6 +46,9 @@
 #   parity_trained   GPU parity vs transformers on the trained tiny checkpoints only
 #   b1               one_batch.py batch 1 / 64 at ctx 1024: profile and the engine's time per token
 #   decode_engine    one_batch.py batch 1 / 64 / 256 at ctx 1024 (runner and engine time per token), prefill 8192
+#   fp8_gemv_tests   the GPU tests of the W8A16 FP8 GEMV and the FP8 linear layer
+#   gemv_fp8         gemv_bench.py --fp8: W8A16 GEMV configs on DeepSeek shapes vs W8A8 and bf16 (table to $OUT)
+#   gemv_fp8_in      install that table in this machine's tree
 #   b1_nopdl         the same at batch 1 with programmatic dependent launch off (LMLANG_PDL=0)
 #   cache_out        tar the FlashInfer JIT cache into $OUT (carry it back as .cache/fi_cache.tgz)
 set -u
@@ -138,6 +141,9 @@ for s in "$@"; do
       --prefill 8192 --compare-modes "" --profile 1:1024 --engine-itl 1:1024 ;;
     decode_engine) step decode_engine 400 python3 benchmarks/one_batch.py --config $LLAMA --out "$OUT/decode_engine.json" \
       --batch 1,64,256 --ctx 1024 --prefill 8192 --compare-modes "" --engine-itl 1:1024,64:1024,256:1024 ;;
+    fp8_gemv_tests) step fp8_gemv_tests 300 "${PYTEST[@]}" tests/kernels/test_gemv_fp8.py tests/runtime/test_fp8.py ;;
+    gemv_fp8) step gemv_fp8 400 python3 benchmarks/gemv_bench.py --fp8 --out "$OUT/gemv_fp8.json" ;;
+    gemv_fp8_in) cp "$OUT/gemv_fp8.json" kernels/configs/gemv_fp8_NVIDIA_H200.json ;;
     b1_nopdl) step b1_nopdl 200 env LMLANG_PDL=0 python3 benchmarks/one_batch.py --config $LLAMA --out "$OUT/b1_nopdl.json" \
       --batch 1 --ctx 1024 --prefill "" --compare-modes "" --profile 1:1024 --engine-itl 1:1024 ;;
     cache_out) step cache_out 60 tar -czf "$OUT/fi_cache.tgz" -C .cache flashinfer ;;
