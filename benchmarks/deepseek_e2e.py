@@ -1,13 +1,17 @@
 """End-to-end decode throughput of a DeepSeek-V2-Lite-shaped model with random weights, bf16 vs FP8.
 
     python benchmarks/deepseek_e2e.py --out deepseek_e2e.json [--config benchmarks/configs/deepseek_v2_lite.json]
-        [--batches 1,32,128] [--prompt-len 512] [--decode-steps 128] [--quantizations none,fp8]
+        [--batches 1,32,128] [--prompt-len 512] [--decode-steps 256] [--repeats 3] [--quantizations none,fp8]
 
 For each quantization the engine (`lmlang.runtime.Engine`, CUDA, `load_format="dummy"`, so the
 config's real shapes with seeded random weights; FP8 = online block-wise W8A8 of those weights)
-serves batches of B requests of `--prompt-len` random tokens. Decode throughput comes from two
-runs that differ only in `max_new_tokens` (8 and 8 + decode_steps): the extra time is pure
-decoding, so `B * decode_steps / extra_seconds` excludes start-up and prefill.
+serves batches of B requests of `--prompt-len` random tokens. Decode throughput comes from runs
+that differ only in `max_new_tokens` (8 and 8 + decode_steps): the extra time is pure decoding,
+so `B * decode_steps / extra_seconds` excludes start-up and prefill. Each length runs `--repeats`
+times and the medians are subtracted; `spread` is (slowest - fastest long run) / extra time, the
+measurement's own uncertainty. (Two runs of 64 extra steps, fastest kept, moved the FP8 batch-128
+figure between 4,653 and 18,350 tok/s across sessions: the prefill's variance was as large as
+the decode time. 256 steps and medians make decode dominate.)
 
 The roofline of one decode step at batch B is max(bytes / copy bandwidth, flops / matmul rate):
 bytes = every weight a step reads (attention, dense and shared MLPs, the LM head, the embedding
@@ -30,6 +34,7 @@ import json
 import pathlib
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,7 +92,7 @@ def decode_step_cost(config: dict, batch: int, context: int, weight_bytes: float
 
 
 def run_engine(model_dir: str, quantization: str, batches: list, prompt_len: int, steps: int, vocab: int,
-               attention_backend: str) -> dict:
+               attention_backend: str, repeats: int) -> dict:
     from lmlang.runtime import Engine
 
     rng = random.Random(0)
@@ -99,19 +104,21 @@ def run_engine(model_dir: str, quantization: str, batches: list, prompt_len: int
             prompts = [[rng.randrange(3, vocab) for _ in range(prompt_len)] for _ in range(batch)]
             times: dict = {WARMUP_TOKENS: [], WARMUP_TOKENS + steps: []}
             # a full-length warm-up run (kernel compilation for every shape, allocator), then the
-            # short and the long run twice each; the fastest of each is kept
-            for run, new_tokens in enumerate((WARMUP_TOKENS + steps, *list(times) * 2)):
+            # short and the long run `repeats` times each; the medians are compared
+            for run, new_tokens in enumerate((WARMUP_TOKENS + steps, *list(times) * repeats)):
                 engine.flush_cache()
                 params = {"max_new_tokens": new_tokens, "temperature": 0, "ignore_eos": True}
                 start = time.perf_counter()
                 engine.generate(input_ids=prompts, sampling_params=params)
                 if run > 0:
                     times[new_tokens].append(time.perf_counter() - start)
-            seconds = min(times[WARMUP_TOKENS + steps]) - min(times[WARMUP_TOKENS])
+            long_runs = times[WARMUP_TOKENS + steps]
+            seconds = statistics.median(long_runs) - statistics.median(times[WARMUP_TOKENS])
+            spread = (max(long_runs) - min(long_runs)) / seconds
             results[batch] = {"decode_s": seconds, "tok_per_s": batch * steps / seconds,
-                              "step_ms": 1e3 * seconds / steps}
+                              "step_ms": 1e3 * seconds / steps, "spread": spread, "times": times}
             print(f"  {quantization:>5} batch {batch:>4}: {results[batch]['tok_per_s']:,.0f} tok/s "
-                  f"({results[batch]['step_ms']:.2f} ms/step)", flush=True)
+                  f"({results[batch]['step_ms']:.2f} ms/step, spread {spread:.1%})", flush=True)
     return results
 
 
@@ -129,7 +136,8 @@ def main(argv: Any = None) -> None:
     parser.add_argument("--out", default="deepseek_e2e.json")
     parser.add_argument("--batches", default="1,32,128")
     parser.add_argument("--prompt-len", type=int, default=512)
-    parser.add_argument("--decode-steps", type=int, default=128)
+    parser.add_argument("--decode-steps", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quantizations", default="none,fp8")
     parser.add_argument("--attention-backend", default="mla",
                         help="'mla' plans the KV layout MLA layers read, also under CUDA graphs")
@@ -144,13 +152,13 @@ def main(argv: Any = None) -> None:
     print("limits:", {k: round(v, 1) for k, v in limits.items()}, flush=True)
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "device": torch.cuda.get_device_name(),
               "commit": _commit(), "config": pathlib.Path(args.config).name, "prompt_len": args.prompt_len,
-              "decode_steps": args.decode_steps, "limits": limits, "runs": {}}
+              "decode_steps": args.decode_steps, "repeats": args.repeats, "limits": limits, "runs": {}}
     with tempfile.TemporaryDirectory() as model_dir:
         shutil.copy(args.config, pathlib.Path(model_dir) / "config.json")
         make_tokenizer(model_dir)  # token ids are sent directly; the tokenizer only detokenizes
         for quantization in args.quantizations.split(","):
             runs = run_engine(model_dir, quantization, batches, args.prompt_len, args.decode_steps,
-                              config["vocab_size"], args.attention_backend)
+                              config["vocab_size"], args.attention_backend, args.repeats)
             weight_bytes = 1 if quantization == "fp8" else 2
             rate = limits["fp8_mm_TFLOPs" if quantization == "fp8" else "bf16_mm_TFLOPs"]
             for batch, run in runs.items():
@@ -160,11 +168,11 @@ def main(argv: Any = None) -> None:
                 run.update(roofline_step_ms=roofline_ms, roofline_ratio=roofline_ms / run["step_ms"],
                            bytes_per_step=bytes_read, flops_per_step=flops)
             report["runs"][quantization] = runs
-    print(f"\n{'quant':>6} {'batch':>6} {'tok/s':>10} {'ms/step':>8} {'roofline ms':>11} {'ratio':>6}")
+    print(f"\n{'quant':>6} {'batch':>6} {'tok/s':>10} {'ms/step':>8} {'roofline ms':>11} {'ratio':>6} {'spread':>7}")
     for quantization, runs in report["runs"].items():
         for batch, r in runs.items():
             print(f"{quantization:>6} {batch:>6} {r['tok_per_s']:>10,.0f} {r['step_ms']:>8.2f} "
-                  f"{r['roofline_step_ms']:>11.2f} {r['roofline_ratio']:>6.2f}")
+                  f"{r['roofline_step_ms']:>11.2f} {r['roofline_ratio']:>6.2f} {r['spread']:>7.1%}")
     pathlib.Path(args.out).write_text(json.dumps(report, indent=2))
 
 

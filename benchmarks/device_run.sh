@@ -124,7 +124,7 @@ for s in "$@"; do
     fp8_tables_in) cp "$OUT/fp8_gemm_r2.json" kernels/configs/fp8_gemm/device=NVIDIA_H200.json ;;
     fp8_cmp) step fp8_cmp 150 python3 benchmarks/tune_fp8_gemm.py --installed --ms 16,64,128,256,512,1024,4096 \
       --out "$OUT/fp8_cmp.json" ;;
-    deepseek_e2e) step deepseek_e2e 300 python3 benchmarks/deepseek_e2e.py --decode-steps 64 --out "$OUT/deepseek_e2e.json" ;;
+    deepseek_e2e) step deepseek_e2e 420 python3 benchmarks/deepseek_e2e.py --out "$OUT/deepseek_e2e.json" ;;
     parity) step parity 300 "${PYTEST[@]}" tests/runtime/test_gpu_parity.py -s ;;
     sched_cost) step sched_cost 300 python3 benchmarks/scheduler_cost.py --config $LLAMA --out "$OUT/scheduler_cost.json" ;;
     runtime_tests) step runtime_tests 420 "${PYTEST[@]}" tests/runtime --deselect tests/runtime/test_gpu_parity.py ;;
