@@ -21,10 +21,8 @@ bandwidth measured first. `check` is max |fused+rope+kv - reference| on layer 0 
 
 from __future__ import annotations
 
-import contextlib
-import os
 import statistics
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
@@ -34,7 +32,7 @@ from lmlang.kernels.decode_attention import (
     ref_decode_attention_new_kv,
     small_batch_kv_splits,
 )
-from lmlang.kernels.launch import PDL_ENV
+from lmlang.kernels.launch import pdl_forced
 from lmlang.kernels.rotary import rotary_and_store_kv
 
 SMALL_BATCHES = (1, 2, 4, 8)
@@ -56,22 +54,9 @@ SWEEP = {  # name -> (config, splits multiplier, PDL)
 BF16 = torch.bfloat16
 
 
-@contextlib.contextmanager
-def _pdl(on: bool) -> Iterator[None]:
-    saved = os.environ.get(PDL_ENV)
-    os.environ[PDL_ENV] = "1" if on else "0"
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ[PDL_ENV]
-        else:
-            os.environ[PDL_ENV] = saved
-
-
 def _time_layers(call: Callable[[int], object], reps: int, pdl: bool = True) -> float:
     """Median microseconds per call of a CUDA graph calling call(layer) for every layer."""
-    with _pdl(pdl):
+    with pdl_forced(pdl):
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):

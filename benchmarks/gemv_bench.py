@@ -33,15 +33,13 @@ Prints the limits first and the tables last; `--out` is rewritten after every se
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
-import os
 import pathlib
 import statistics
 import sys
 import time
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +52,7 @@ from lmlang.kernels.gemv import (  # noqa: E402
     GemvConfig, NormInput, fused_gemv_config, gemv, gemv_config, table_key,
 )
 from lmlang.kernels.kv_store import store_kv  # noqa: E402
-from lmlang.kernels.launch import PDL_ENV  # noqa: E402
+from lmlang.kernels.launch import pdl_forced  # noqa: E402
 from lmlang.kernels.rmsnorm import fused_add_rmsnorm  # noqa: E402
 from lmlang.kernels.rotary import apply_rotary, rotary_and_store_kv  # noqa: E402
 
@@ -82,20 +80,6 @@ DEV = "cuda"
 BF16 = dict(device=DEV, dtype=torch.bfloat16)
 
 
-@contextlib.contextmanager
-def pdl(on: bool) -> Iterator[None]:
-    """Launches (and so graph captures) in this block use PDL or not (`$LMLANG_PDL`)."""
-    saved = os.environ.get(PDL_ENV)
-    os.environ[PDL_ENV] = "1" if on else "0"
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ[PDL_ENV]
-        else:
-            os.environ[PDL_ENV] = saved
-
-
 def split_choices(programs: int, k: int, block_k: int, sms: int) -> list:
     """1, and the smallest power-of-two split giving >= 4 programs per SM (>= 2 K steps each)."""
     split = 1
@@ -104,9 +88,11 @@ def split_choices(programs: int, k: int, block_k: int, sms: int) -> list:
     return sorted({1, split})
 
 
-def candidates(n: int, k: int, m: int, sms: int) -> list:
+def candidates(n: int, k: int, m: int, sms: int, fma_tiles: list = FMA_TILES, dot_tiles: list = DOT_TILES,
+               fma_max_m: int = FMA_MAX_M) -> list:
+    """Every config of these tiles (FMA tiles up to `fma_max_m` rows) with its split-K choices."""
     out = []
-    for use_dot, tiles in ((False, FMA_TILES if m <= FMA_MAX_M else []), (True, DOT_TILES)):
+    for use_dot, tiles in ((False, fma_tiles if m <= fma_max_m else []), (True, dot_tiles)):
         for bn, bk, warps, stages in tiles:
             programs = math.ceil(n / bn) * (1 if use_dot else m)
             for split in split_choices(programs, k, bk, sms):
@@ -179,7 +165,7 @@ def bench_shape(name: str, n: int, k: int, ms: list, reps: int, copy_GBps: float
             fn = linear_fn(x, cfg)
             t0 = time.perf_counter()
             try:
-                with pdl(True):
+                with pdl_forced(True):
                     out = fn(weights[0]).float()
                     err = ((out - ref).norm() / ref.norm()).item()
                     if not err < 1e-2:
@@ -196,7 +182,7 @@ def bench_shape(name: str, n: int, k: int, ms: list, reps: int, copy_GBps: float
         wins = ours is not None and ours["us"] < cublas["us"] * (1 - MIN_GAIN)
         ours_off = None
         if ours is not None:
-            with pdl(False):
+            with pdl_forced(False):
                 cfg = GemvConfig(**ours["config"])
                 ours_off = entry(cfg, time_per_call(linear_fn(x, cfg), weights, reps))
         rows.append(dict(shape=name, n=n, k=k, m=m, cublas=cublas, best=ours, best_pdl_off=ours_off, use_ours=wins,
@@ -254,7 +240,7 @@ def bench_fused(configs: Configs, ms: list, reps: int, copy_GBps: float) -> list
                     "add_rmsnorm + gemv": lambda w: gemv(fused_add_rmsnorm(x, res, nw, EPS)[0], w, None, cfg),
                     "norm-fused gemv": lambda w: gemv(x, w, None, cfg, norm=NormInput(res, nw, EPS, res_out)),
                 }
-            with pdl(True):
+            with pdl_forced(True):
                 times = {label: time_per_call(fn, weights, reps) for label, fn in variants.items()}
             wbytes = n * k * 2
             row = dict(shape=shape, m=m, config=config_name(cfg),
@@ -313,7 +299,7 @@ def bench_chain(configs: Configs, ms: list, layers: int, reps: int, copy_GBps: f
         row = dict(m=m, layers=layers, floor_us=floor_s * 1e6, us={}, of_floor={})
         for label, fn in (("unfused", unfused), ("fused", fused)):
             for on in (False, True):
-                with pdl(on):
+                with pdl_forced(on):
                     sec = time_graph([lambda w=w: fn(w) for w in weights], reps) / layers
                 key = f"{label}, PDL {'on' if on else 'off'}"
                 row["us"][key], row["of_floor"][key] = sec * 1e6, sec / floor_s

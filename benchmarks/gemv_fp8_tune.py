@@ -28,14 +28,15 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from gemv_bench import MIN_GAIN, config_name, pdl, split_choices, time_per_call
+from gemv_bench import MIN_GAIN, candidates, config_name, time_per_call
 from limits import measure_limits, print_limits, run_info
 
 from lmlang.kernels.fp8 import fp8_block_gemm, per_token_group_quant_fp8, quant_weight_block_fp8
 from lmlang.kernels.fp8_cublas import (
     ROW_MULTIPLE, cublas_block_fp8_unsupported_reason, cublas_weight_scales, fp8_block_gemm_cublas,
 )
-from lmlang.kernels.gemv import GemvConfig, config_file, table_key
+from lmlang.kernels.gemv import config_file, table_key
+from lmlang.kernels.launch import pdl_forced
 from lmlang.kernels.gemv_fp8 import TABLE, gemv_fp8, ref_gemv_fp8
 
 BLOCK = (128, 128)
@@ -74,17 +75,6 @@ def deepseek_shapes() -> dict:
     return {name: (n, pad(k)) for name, (n, k) in shapes.items()}
 
 
-def candidates(n: int, k: int, m: int, sms: int) -> list:
-    out = []
-    for use_dot, tiles in ((False, FMA_TILES if m <= FMA_MAX_M else []), (True, DOT_TILES)):
-        for bn, bk, warps, stages in tiles:
-            programs = math.ceil(n / bn) * (1 if use_dot else m)
-            for split in split_choices(programs, k, bk, sms):
-                out.append(GemvConfig(block_n=bn, block_k=bk, split_k=split, use_dot=use_dot,
-                                      num_warps=warps, num_stages=stages))
-    return out
-
-
 def copies(nbytes: int) -> int:
     return max(MIN_COPIES, math.ceil(BYTES_PER_REPLAY / nbytes))
 
@@ -115,7 +105,7 @@ def bench_shape(name: str, n: int, k: int, ms: list, reps: int, copy_GBps: float
         def timed(fn: Callable, weights: list, nbytes: int, label: str, tol: float = 1e-2) -> Optional[dict]:
             """Median time of fn over the weight copies, if its product is within `tol` of the reference."""
             try:
-                with pdl(True):
+                with pdl_forced(True):
                     out = fn(weights[0]).float()
                     err = ((out - ref).norm() / ref.norm()).item()
                     if not err < tol:
@@ -132,7 +122,7 @@ def bench_shape(name: str, n: int, k: int, ms: list, reps: int, copy_GBps: float
         cub = timed(w8a8_cublas, fp8_w, fp8_bytes, "W8A8 cuBLAS", tol=0.1) if cublas_reason is None else None
         bf16 = timed(lambda ws: F.linear(x, ws), bf16_w, n * k * 2, "bf16 cuBLAS", tol=0.1)
         results = []
-        for cfg in candidates(n, k, m, sms):
+        for cfg in candidates(n, k, m, sms, FMA_TILES, DOT_TILES, FMA_MAX_M):
             r = timed(lambda ws, cfg=cfg: gemv_fp8(x, ws[0], ws[1], BLOCK, None, cfg), fp8_w, fp8_bytes,
                       config_name(cfg))
             if r is not None:

@@ -95,6 +95,21 @@ def pdl_enabled(device: torch.device) -> bool:
     return _pdl_capable(device.index if device.index is not None else torch.cuda.current_device())
 
 
+@contextlib.contextmanager
+def pdl_forced(on: bool) -> Iterator[None]:
+    """Within the block, launches (and so CUDA-graph captures) use PDL or not, whatever
+    `$LMLANG_PDL` says outside it (for benchmarks and tests comparing the two)."""
+    saved = os.environ.get(PDL_ENV)
+    os.environ[PDL_ENV] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[PDL_ENV]
+        else:
+            os.environ[PDL_ENV] = saved
+
+
 @triton.jit
 def pdl_wait(USE_PDL: tl.constexpr):
     """Waits until the previous kernel in the stream has finished and its writes are visible."""
