@@ -49,6 +49,7 @@
 #   fp8_gemv_tests   the GPU tests of the W8A16 FP8 GEMV and the FP8 linear layer
 #   gemv_fp8         gemv_bench.py --fp8: W8A16 GEMV configs on DeepSeek shapes vs W8A8 and bf16 (table to $OUT)
 #   gemv_fp8_in      install that table in this machine's tree
+#   compare          one_batch.py eager vs CUDA graph vs torch.compile + graph at batch 1 / 32, ctx 1024
 #   b1_nopdl         the same at batch 1 with programmatic dependent launch off (LMLANG_PDL=0)
 #   cache_out        tar the FlashInfer JIT cache into $OUT (carry it back as .cache/fi_cache.tgz)
 set -u
@@ -144,6 +145,8 @@ for s in "$@"; do
     fp8_gemv_tests) step fp8_gemv_tests 300 "${PYTEST[@]}" tests/kernels/test_gemv_fp8.py tests/runtime/test_fp8.py ;;
     gemv_fp8) step gemv_fp8 400 python3 benchmarks/gemv_bench.py --fp8 --out "$OUT/gemv_fp8.json" ;;
     gemv_fp8_in) cp "$OUT/gemv_fp8.json" kernels/configs/gemv_fp8_NVIDIA_H200.json ;;
+    compare) step compare 560 python3 benchmarks/one_batch.py --config $LLAMA --out "$OUT/compare.json" --batch 1 \
+      --ctx 1024 --prefill "" --compare 1,32 --compare-modes eager,graph,compile ;;
     b1_nopdl) step b1_nopdl 200 env LMLANG_PDL=0 python3 benchmarks/one_batch.py --config $LLAMA --out "$OUT/b1_nopdl.json" \
       --batch 1 --ctx 1024 --prefill "" --compare-modes "" --profile 1:1024 --engine-itl 1:1024 ;;
     cache_out) step cache_out 60 tar -czf "$OUT/fi_cache.tgz" -C .cache flashinfer ;;
