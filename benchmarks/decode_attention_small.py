@@ -21,10 +21,10 @@ bandwidth measured first. `check` is max |fused+rope+kv - reference| on layer 0 
 
 from __future__ import annotations
 
-import statistics
 from typing import Callable
 
 import torch
+from gemv_bench import time_graph  # a sibling script: on sys.path when benchmarks/kernels.py runs
 
 from lmlang.kernels.decode_attention import (
     DecodeAttentionConfig,
@@ -57,27 +57,7 @@ BF16 = torch.bfloat16
 def _time_layers(call: Callable[[int], object], reps: int, pdl: bool = True) -> float:
     """Median microseconds per call of a CUDA graph calling call(layer) for every layer."""
     with pdl_forced(pdl):
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            call(0)  # compiles outside the capture
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for layer in range(GRAPH_LAYERS):
-                call(layer)
-    for _ in range(3):
-        graph.replay()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / GRAPH_LAYERS)
-    del graph
-    return statistics.median(times)
+        return time_graph([lambda layer=layer: call(layer) for layer in range(GRAPH_LAYERS)], reps) * 1e6 / GRAPH_LAYERS
 
 
 class _Problem:
