@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from lmlang.runtime.forward_batch import ForwardBatch
+from lmlang.runtime.layers.dispatch import use_kernels
 from lmlang.runtime.registry import Registry
 
 
@@ -81,8 +82,6 @@ def rotate_and_store(
     """Rotates q and k by `rotary` and stores the rotated k and v at `loc` in one kernel launch;
     returns the rotated q, or None (nothing done) where that kernel does not apply (CPU tensors,
     mixed dtypes, torch.compile tracing): then rotate and store separately."""
-    from lmlang.runtime.layers.dispatch import use_kernels
-
     if not (use_kernels(q) and q.dtype == k.dtype):
         return None
     from lmlang.kernels.rotary import rotary_and_store_kv
