@@ -96,7 +96,7 @@ class TritonAttentionBackend(AttentionBackend):
             self._reserve_counters(batch.batch_size)
         self._kv_indptr, self._kv_indices = batch.kv_indptr, batch.kv_indices
         self._max_qo_len = 1 if self._decode else max(batch.extend_lens_cpu, default=0)
-        self._num_kv_splits = self._splits_for(batch)
+        self._choose_tiling(batch.batch_size)
 
     def init_cuda_graph(self, max_batch_size: int, max_kv_indices: int) -> None:
         self._static = (
@@ -117,11 +117,12 @@ class TritonAttentionBackend(AttentionBackend):
         self._decode = True
         self._kv_indptr, self._kv_indices = indptr_buf[: bs + 1], indices_buf
         self._max_qo_len = 1
-        self._num_kv_splits = self._splits_for(batch)
+        self._choose_tiling(bs)
 
-    def _splits_for(self, batch: ForwardBatch) -> int:
-        self._config = decode_config(batch.batch_size)
-        return self.num_kv_splits(batch.batch_size, self._num_kv_heads())
+    def _choose_tiling(self, batch_size: int) -> None:
+        """The decode kernel's split count and tiling for this batch size."""
+        self._num_kv_splits = self.num_kv_splits(batch_size, self._num_kv_heads())
+        self._config = decode_config(batch_size)
 
     def forward(self, q, k, v, layer_id: int, scaling: float, batch: ForwardBatch) -> torch.Tensor:
         pool = self.kv_pool
@@ -135,8 +136,7 @@ class TritonAttentionBackend(AttentionBackend):
             return decode_attention(q, k_buf, v_buf, self._kv_indptr, self._kv_indices, scaling, self._num_kv_splits,
                                     counters=self._counters, new_kv=(k, v, batch.out_cache_loc),
                                     rope=(positions, rotary.cos_sin_cache, rotary.is_neox_style), config=self._config)
-        rotated = rotate_and_store(q, k, v, pool.k_buffer[layer_id], pool.v_buffer[layer_id], batch.out_cache_loc,
-                                   rotary, positions)
+        rotated = rotate_and_store(q, k, v, k_buf, v_buf, batch.out_cache_loc, rotary, positions)
         if rotated is None:
             return super().forward_rope(q, k, v, layer_id, scaling, batch, rotary, positions)
         return self._attend(rotated, layer_id, scaling, batch)

@@ -9,18 +9,13 @@ from torch import nn
 from lmlang.runtime.layers.dispatch import use_kernels
 
 
-def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """[..., 2 * d] (gate | up) -> silu(gate) * up: [..., d]."""
-    if use_kernels(x):
-        from lmlang.kernels.activation import silu_and_mul as silu_and_mul_kernel
-
-        return silu_and_mul_kernel(x)
-    gate, up = x.chunk(2, dim=-1)
-    return F.silu(gate) * up
-
-
 class SiluAndMul(nn.Module):
     """[..., 2 * d] (gate | up) -> silu(gate) * up: [..., d]."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return silu_and_mul(x)
+        if use_kernels(x):
+            from lmlang.kernels.activation import silu_and_mul
+
+            return silu_and_mul(x)
+        gate, up = x.chunk(2, dim=-1)
+        return F.silu(gate) * up

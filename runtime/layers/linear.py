@@ -36,26 +36,17 @@ def _device_name(index: int) -> str:
     return torch.cuda.get_device_name(index)
 
 
-def _gemv_config(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], in_features: int):
-    """The GEMV kernel's tuned config for `x` ([..., in_features] rows, in the layout the kernel
-    reads) times `weight`, or None where `F.linear` / cuBLAS runs (see the module docstring)."""
-    if not (use_kernels(x) and x.dtype == weight.dtype and x.stride(-1) == 1 and weight.stride(1) == 1
-            and weight.stride(0) % 8 == 0 and in_features == weight.shape[1] and (bias is None or bias.dtype == x.dtype)):
-        return None
-    from lmlang.kernels.gemv import gemv_config  # triton is needed only here
-
-    rows = x.numel() // max(1, x.shape[-1])
-    return gemv_config(rows, weight.shape[0], weight.shape[1], x.dtype, _device_name(x.device.index or 0))
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """`x @ weight.T + bias`; x: [..., in], weight: [out, in] -> [..., out] (see the module docstring)."""
-    config = _gemv_config(x, weight, bias, x.shape[-1])
-    if config is not None:
-        from lmlang.kernels.gemv import gemv
+    if (use_kernels(x) and x.dtype == weight.dtype and x.stride(-1) == 1 and weight.stride(1) == 1
+            and weight.stride(0) % 8 == 0 and x.shape[-1] == weight.shape[1] and (bias is None or bias.dtype == x.dtype)):
+        from lmlang.kernels.gemv import gemv, gemv_config  # triton is needed only here
 
-        y = gemv(x.reshape(-1, x.shape[-1]), weight, bias, config)  # [rows, out]
-        return y.reshape(*x.shape[:-1], weight.shape[0])
+        rows = x.numel() // max(1, x.shape[-1])
+        config = gemv_config(rows, weight.shape[0], weight.shape[1], x.dtype, _device_name(x.device.index or 0))
+        if config is not None:
+            y = gemv(x.reshape(rows, x.shape[-1]), weight, bias, config)  # [rows, out]
+            return y.reshape(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)
 
 
