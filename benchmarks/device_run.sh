@@ -24,6 +24,7 @@
 #   one_batch_gemv   one_batch_quick with that table (LMLANG_GEMV_CONFIG)
 #   mla_tests        the MLA GPU tests (FlashInfer MLA and Triton vs the torch reference)
 #   mla              benchmarks/kernels.py MLA decode: 16 / 128 heads, batch 1/32/128, ctx 4k
+#   mla_bench        benchmarks/mla_decode_bench.py: MLA decode graph-timed per layer, FlashInfer vs Triton, batch 1..128
 #   moe_tests        the fused-MoE GPU tests
 #   tune_moe_v2lite  tune_fused_moe.py for DeepSeek-V2-Lite shapes (tables to $OUT/fused_moe)
 #   tune_moe_v3      the same for DeepSeek-V3 shapes
@@ -111,6 +112,7 @@ for s in "$@"; do
       tests/runtime/test_deepseek.py ;;
     mla) step mla 240 python3 benchmarks/kernels.py --only mla_decode,mla_decode_flashinfer,mla_decode_config \
       --out "$OUT/mla_decode.json" ;;
+    mla_bench) step mla_bench 420 python3 benchmarks/mla_decode_bench.py --out "$OUT/mla_decode_bench.json" ;;
     moe_tests) step moe_tests 240 "${PYTEST[@]}" tests/kernels/test_fused_moe.py tests/runtime/test_moe.py ;;
     tune_moe_v2lite) step tune_moe_v2lite 320 python3 benchmarks/tune_fused_moe.py --models dsv2-lite --budget-s ${TUNE_BUDGET_S:-280} \
       --out-dir "$OUT/fused_moe" --out "$OUT/tune_v2lite.json" ;;

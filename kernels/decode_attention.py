@@ -53,12 +53,11 @@ import triton.language as tl
 from lmlang.kernels.launch import dot_needs_fp32, launch, next_power_of_2, pdl_launch_dependents, pdl_wait
 from lmlang.kernels.paged_checks import check_gqa_buffers, check_one_device
 from lmlang.kernels.rounding import round_to
-from lmlang.kernels.split_k import merge_split_rows, merge_splits, split_partials, store_split_partial
+from lmlang.kernels.split_k import MERGE_CHUNK, merge_split_rows, merge_splits, split_partials, store_split_partial
 
 DEFAULT_KV_SPLITS = 16
 MAX_SPLITS = 64  # the fused merge reads group x splits x Dv float32 partials in one program
 MIN_SPLIT_TOKENS = 32  # a split shorter than this costs more in partials than it gains
-_MERGE_CHUNK = 16  # splits merged per step of the fused merge (bounds its registers)
 
 
 @dataclass(frozen=True)
@@ -431,7 +430,7 @@ def decode_attention(
         D=d, DV=dv, BLOCK_D=max(16, next_power_of_2(d)), BLOCK_DV=max(16, next_power_of_2(dv)),
         BLOCK_G=max(16, next_power_of_2(group)) if config.use_dot else next_power_of_2(group),
         BLOCK_N=config.block_n, NUM_SPLITS=num_kv_splits, BLOCK_S=next_power_of_2(num_kv_splits),
-        BLOCK_GM=next_power_of_2(group), MERGE_CHUNK=min(_MERGE_CHUNK, next_power_of_2(num_kv_splits)),
+        BLOCK_GM=next_power_of_2(group), MERGE_CHUNK=min(MERGE_CHUNK, next_power_of_2(num_kv_splits)),
         USE_DOT=config.use_dot, DOT_IN_FP32=dot_needs_fp32(q), DIRECT_OUT=direct,
         USE_COUNTERS=counters is not None and not direct, NEW_KV=new_kv is not None, ROPE=rope is not None,
         ROT_DIM=cos_sin.shape[-1] if rope is not None else 0, IS_NEOX=bool(is_neox), EXACT_MUL=on_gpu,

@@ -22,6 +22,9 @@ import triton.language as tl
 
 from lmlang.kernels.launch import launch, next_power_of_2, pdl_launch_dependents, pdl_wait
 
+MERGE_BLOCK_DV = 64  # output features per merge program
+MERGE_CHUNK = 16  # splits summed per step of a merge (bounds its registers)
+
 
 @triton.jit
 def split_range(kv_indptr_ptr, b, split, NUM_SPLITS: tl.constexpr):
@@ -99,25 +102,19 @@ def split_k_merge_kernel(
     num_heads,
     stride_ob, stride_oh,
     DV: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
-    USE_PDL: tl.constexpr = False,
+    CHUNK: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
+    # one program per (b * H + h, BLOCK_DV features): a wide latent (MLA's 512) merged over many
+    # splits is spread over many programs instead of one program holding splits x DV partials
     pdl_launch_dependents(USE_PDL)
-    row = tl.program_id(0).to(tl.int64)  # b * H + h
+    rows = tl.program_id(0).to(tl.int64) + tl.arange(0, 1)  # [1]
+    offs_dv = tl.program_id(1) * BLOCK_DV + tl.arange(0, BLOCK_DV)
     pdl_wait(USE_PDL)
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    s_mask = offs_s < NUM_SPLITS
-    lse = tl.load(mid_lse_ptr + row * NUM_SPLITS + offs_s, mask=s_mask, other=float("-inf"))
-    m = tl.max(lse, axis=0)
-    m = tl.where(m > float("-inf"), m, 0.0)  # all splits empty: keep exp's argument finite
-    w = tl.where(lse > float("-inf"), tl.exp(lse - m), 0.0)  # [BLOCK_S]
-    parts = tl.load(mid_out_ptr + (row * NUM_SPLITS + offs_s[:, None]) * DV + offs_dv[None, :],
-                    mask=s_mask[:, None] & (offs_dv[None, :] < DV), other=0.0)
-    total = tl.sum(w, axis=0)
-    out = tl.sum(parts * w[:, None], axis=0) / tl.where(total > 0, total, 1.0)
-    b = row // num_heads
-    h = row % num_heads
-    tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_dv, out.to(out_ptr.dtype.element_ty), mask=offs_dv < DV)
+    out = merge_split_rows(mid_out_ptr, mid_lse_ptr, rows, rows >= 0, offs_dv, DV, NUM_SPLITS, BLOCK_S, CHUNK)
+    b = rows // num_heads
+    h = rows % num_heads
+    tl.store(out_ptr + (b * stride_ob + h * stride_oh)[:, None] + offs_dv[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=offs_dv[None, :] < DV)
 
 
 def split_partials(b: int, h: int, num_splits: int, dv: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,8 +133,9 @@ def merge_splits(mid_out: torch.Tensor, mid_lse: torch.Tensor, out: torch.Tensor
             f"merge_splits: mid_out {tuple(mid_out.shape)}, mid_lse {tuple(mid_lse.shape)} and "
             f"out {tuple(out.shape)} disagree (or out's last dim is not contiguous)"
         )
+    block_dv = min(MERGE_BLOCK_DV, max(16, next_power_of_2(dv)))
     launch(
-        split_k_merge_kernel, (b * h,), mid_out, mid_lse, out, h, out.stride(0), out.stride(1),
-        DV=dv, NUM_SPLITS=num_splits, BLOCK_S=next_power_of_2(num_splits),
-        BLOCK_DV=max(16, next_power_of_2(dv)), num_warps=4, pdl=pdl,
+        split_k_merge_kernel, (b * h, triton.cdiv(dv, block_dv)), mid_out, mid_lse, out, h, out.stride(0),
+        out.stride(1), DV=dv, NUM_SPLITS=num_splits, BLOCK_S=next_power_of_2(num_splits), BLOCK_DV=block_dv,
+        CHUNK=min(MERGE_CHUNK, next_power_of_2(num_splits)), num_warps=4, pdl=pdl,
     )

@@ -8,7 +8,10 @@ MLA layers (`runtime/layers/mla.py`) do their own attention math over the latent
   `plan_cuda_graph` refills them before the capture and before every replay.
 - absorbed decode (`decode`). On CUDA with `flashinfer` installed it runs FlashInfer's MLA kernel
   (`flashinfer_mla.py`), planned once per batch; otherwise (CPU excepted: layers take the torch
-  path there) the Triton split-K kernel `lmlang.kernels.mla_decode` over the layout above.
+  path there) the Triton split-K kernel `lmlang.kernels.mla_decode` over the layout above. The
+  Triton kernel also serves the batches where it is the faster one (`triton_decode_faster`: up to
+  `TRITON_DECODE_MAX_BATCH` requests of at most `TRITON_DECODE_MAX_HEADS` heads), which then
+  skip FlashInfer's plan.
 
 A FlashInfer plan needs the layers' head count and softmax scale, which the backend is not given
 at construction: the first layer call of a decode batch records them (`MLADecodeShape`) and
@@ -32,6 +35,16 @@ from lmlang.runtime.forward_batch import ForwardBatch
 
 DECODE_KERNELS = ("auto", "flashinfer", "triton")
 FLASHINFER_DIMS = (512, 64)  # (kv_lora_rank, rope dim) FlashInfer's MLA kernels are built for (DeepSeek's)
+# where the Triton kernel beat FlashInfer's on the H200 (benchmarks/mla_decode_bench.py, ctx 4k, per
+# layer): 16 heads at batch 1 / 2: 11.2 / 13.4 us vs 18.3 / 18.1; batch 4: 18.3 vs 19.5; batch 8 and
+# 128 heads at every batch: FlashInfer
+TRITON_DECODE_MAX_BATCH = 2
+TRITON_DECODE_MAX_HEADS = 16
+
+
+def triton_decode_faster(batch_size: int, num_heads: int) -> bool:
+    """Whether the Triton MLA decode kernel beats FlashInfer's for this batch (see the constants)."""
+    return batch_size <= TRITON_DECODE_MAX_BATCH and num_heads <= TRITON_DECODE_MAX_HEADS
 
 
 def flashinfer_serves(q_latent: torch.Tensor, q_rope: torch.Tensor) -> bool:
@@ -53,6 +66,7 @@ class MLAAttentionBackend(AttentionBackend):
         if decode_kernel not in DECODE_KERNELS:
             raise ValueError(f"decode_kernel must be one of {DECODE_KERNELS}, got {decode_kernel!r}")
         self.device = torch.device(device) if device is not None else None
+        self.decode_kernel = decode_kernel
         self.kv_indptr: Optional[torch.Tensor] = None  # [batch + 1] int32
         self.kv_indices: Optional[torch.Tensor] = None  # [>= kv_indptr[-1]] slots
         self._static_indptr: Optional[torch.Tensor] = None
@@ -97,9 +111,14 @@ class MLAAttentionBackend(AttentionBackend):
         if self.shape is None:
             self._pending = (batch, graph)  # planned at the first layer call
             return
+        if self._prefers_triton(batch.batch_size, self.shape.num_heads):
+            return
         plan = self.flashinfer.plan_cuda_graph if graph else self.flashinfer.plan
         plan(batch.seq_lens_cpu, batch.kv_indices, self.shape)
         self._fi_planned = True
+
+    def _prefers_triton(self, batch_size: int, num_heads: int) -> bool:
+        return self.decode_kernel == "auto" and triton_decode_faster(batch_size, num_heads)
 
     # ---- per layer ---------------------------------------------------------------------------
 
@@ -112,7 +131,8 @@ class MLAAttentionBackend(AttentionBackend):
         batch: ForwardBatch,
     ) -> torch.Tensor:  # [B, H, R]
         """Absorbed decode attention of the planned batch over one layer's latent buffer."""
-        if self.flashinfer is not None and flashinfer_serves(q_latent, q_rope):
+        prefers_triton = self._prefers_triton(q_latent.shape[0], q_latent.shape[1])
+        if self.flashinfer is not None and flashinfer_serves(q_latent, q_rope) and not prefers_triton:
             shape = MLADecodeShape(q_latent.shape[1], q_latent.shape[2], q_rope.shape[2], scaling, q_latent.dtype)
             if self.shape is None:
                 self.shape = shape

@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from lmlang.kernels.mla_decode import ref_mla_decode
-from lmlang.runtime.attention.mla_backend import MLAAttentionBackend
+from lmlang.runtime.attention.mla_backend import (
+    TRITON_DECODE_MAX_BATCH,
+    TRITON_DECODE_MAX_HEADS,
+    MLAAttentionBackend,
+    triton_decode_faster,
+)
 from lmlang.runtime.forward_batch import ForwardBatch, ForwardMode
 
 RANK, ROPE = 512, 64  # DeepSeek's latent widths, the ones FlashInfer's MLA kernel is built for
@@ -22,6 +27,12 @@ def test_backend_rejects_unknown_or_unavailable_decode_kernels():
     with pytest.raises(ValueError, match="CUDA device"):
         MLAAttentionBackend(device="cpu", decode_kernel="flashinfer")
     assert MLAAttentionBackend(device="cpu").flashinfer is None  # auto on CPU: no FlashInfer
+
+
+def test_triton_serves_only_tiny_batches_of_few_heads():
+    assert triton_decode_faster(1, 16) and triton_decode_faster(TRITON_DECODE_MAX_BATCH, TRITON_DECODE_MAX_HEADS)
+    assert not triton_decode_faster(TRITON_DECODE_MAX_BATCH + 1, 16)
+    assert not triton_decode_faster(1, 128)  # V3's 128 heads: FlashInfer at every batch
 
 
 def _decode_batch(lens: list[int], slots: torch.Tensor, backend: MLAAttentionBackend) -> ForwardBatch:
@@ -70,13 +81,27 @@ def test_flashinfer_decode_matches_reference(kv_buffer, heads):
     backend = MLAAttentionBackend(device="cuda")
     assert backend.flashinfer is not None, "flashinfer should be the default MLA decode kernel on CUDA"
     gen = torch.Generator().manual_seed(heads)
-    for lens in ([1, 700, 4096, 33], [5, 64]):  # the second batch is planned up front (shape known)
+    for lens in ([1, 700, 4096, 33], [5, 64, 3]):  # the second batch is planned up front (shape known)
         seq_lens, slots = _contexts(lens, len(lens), gen)
         batch = _decode_batch(seq_lens, slots, backend)
         backend.plan(batch)
         q_latent, q_rope = _queries(len(lens), heads, gen)
         out = backend.decode(q_latent, q_rope, kv_buffer, SCALE, batch)
         assert backend.shape is not None and backend.shape.num_heads == heads  # FlashInfer was planned
+        torch.testing.assert_close(out.float(), _reference(q_latent, q_rope, kv_buffer, batch), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.gpu
+def test_auto_runs_triton_for_tiny_batches_and_flashinfer_above(kv_buffer):
+    backend = MLAAttentionBackend(device="cuda")
+    gen = torch.Generator().manual_seed(3)
+    for lens, via_flashinfer in (([4096], False), ([300, 1], False), ([70, 2000, 5], True), ([9], False)):
+        seq_lens, slots = _contexts(lens, len(lens), gen)
+        batch = _decode_batch(seq_lens, slots, backend)
+        backend.plan(batch)
+        q_latent, q_rope = _queries(len(lens), 16, gen)
+        out = backend.decode(q_latent, q_rope, kv_buffer, SCALE, batch)
+        assert backend._fi_planned == via_flashinfer
         torch.testing.assert_close(out.float(), _reference(q_latent, q_rope, kv_buffer, batch), atol=2e-2, rtol=2e-2)
 
 
