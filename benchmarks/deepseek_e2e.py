@@ -2,6 +2,7 @@
 
     python benchmarks/deepseek_e2e.py --out deepseek_e2e.json [--config benchmarks/configs/deepseek_v2_lite.json]
         [--batches 1,32,128] [--prompt-len 512] [--decode-steps 256] [--repeats 3] [--quantizations none,fp8]
+        [--modes engine,replay]
 
 For each quantization the engine (`lmlang.runtime.Engine`, CUDA, `load_format="dummy"`, so the
 config's real shapes with seeded random weights; FP8 = online block-wise W8A8 of those weights)
@@ -12,6 +13,12 @@ times and the medians are subtracted; `spread` is (slowest - fastest long run) /
 measurement's own uncertainty. (Two runs of 64 extra steps, fastest kept, moved the FP8 batch-128
 figure between 4,653 and 18,350 tok/s across sessions: the prefill's variance was as large as
 the decode time. 256 steps and medians make decode dominate.)
+
+Mode `replay` measures the decode step alone, without the engine's scheduler and front end: a
+`ModelRunner` with the same settings captures its CUDA graphs, then one decode step of B
+sequences at the same context (random new token ids, so MoE routing spreads as in serving;
+contexts on disjoint slots) is replayed `REPLAY_REPS` times and the median GPU time per replay
+is the step time (the batch is built and planned once, outside the timing).
 
 The roofline of one decode step at batch B is max(bytes / copy bandwidth, flops / matmul rate):
 bytes = every weight a step reads (attention, dense and shared MLPs, the LM head, the embedding
@@ -44,8 +51,10 @@ from typing import Any
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
 DEFAULT_CONFIG = ROOT / "configs" / "deepseek_v2_lite.json"
 WARMUP_TOKENS = 8
+REPLAY_REPS = 50
 
 
 def measure_limits() -> dict:
@@ -122,6 +131,43 @@ def run_engine(model_dir: str, quantization: str, batches: list, prompt_len: int
     return results
 
 
+def run_replay(model_dir: str, quantization: str, batches: list, context: int, vocab: int,
+               attention_backend: str) -> dict:
+    """Decode step time from CUDA-graph replays of a ModelRunner (see the module docstring)."""
+    from one_batch import make_runner, release_memory  # a sibling script, on sys.path when run from here
+
+    from lmlang.runtime.forward_batch import ForwardMode
+    from lmlang.runtime.model_runner import SeqChunk
+
+    runner, _ = make_runner(model_dir, attention_backend=attention_backend, cuda_graph_max_batch=max(batches),
+                            max_running_requests=max(batches), quantization=None if quantization == "none" else quantization)
+    graphs, rng, results = runner.graph_runner, random.Random(1), {}
+    for batch in batches:
+        chunks = [SeqChunk([rng.randrange(3, vocab) for _ in range(context + 1)], context, context + 1,
+                           torch.arange(1 + i * (context + 1), 1 + (i + 1) * (context + 1))) for i in range(batch)]
+        bucket = graphs.bucket(batch)
+        graphs.replay(runner.builder.build(ForwardMode.DECODE, chunks, pad_to=bucket))  # plans this batch
+        graph = graphs.graphs[bucket]
+        for _ in range(3):
+            graph.replay()
+        times = []
+        for _ in range(REPLAY_REPS):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        step_ms = statistics.median(times)
+        results[batch] = {"step_ms": step_ms, "tok_per_s": batch / step_ms * 1e3,
+                          "spread": (max(times) - min(times)) / step_ms}
+        print(f"  {quantization:>5} batch {batch:>4} (replay): {results[batch]['tok_per_s']:,.0f} tok/s "
+              f"({step_ms:.2f} ms/step)", flush=True)
+    del runner, graphs
+    release_memory()
+    return results
+
+
 def _commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -139,6 +185,7 @@ def main(argv: Any = None) -> None:
     parser.add_argument("--decode-steps", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quantizations", default="none,fp8")
+    parser.add_argument("--modes", default="engine,replay", help="engine (served requests) and/or replay")
     parser.add_argument("--attention-backend", default="mla",
                         help="'mla' plans the KV layout MLA layers read, also under CUDA graphs")
     args = parser.parse_args(argv)
@@ -156,22 +203,29 @@ def main(argv: Any = None) -> None:
     with tempfile.TemporaryDirectory() as model_dir:
         shutil.copy(args.config, pathlib.Path(model_dir) / "config.json")
         make_tokenizer(model_dir)  # token ids are sent directly; the tokenizer only detokenizes
+        context = args.prompt_len + WARMUP_TOKENS + args.decode_steps // 2
         for quantization in args.quantizations.split(","):
-            runs = run_engine(model_dir, quantization, batches, args.prompt_len, args.decode_steps,
-                              config["vocab_size"], args.attention_backend, args.repeats)
-            weight_bytes = 1 if quantization == "fp8" else 2
-            rate = limits["fp8_mm_TFLOPs" if quantization == "fp8" else "bf16_mm_TFLOPs"]
-            for batch, run in runs.items():
-                context = args.prompt_len + WARMUP_TOKENS + args.decode_steps // 2
-                bytes_read, flops = decode_step_cost(config, batch, context, weight_bytes)
-                roofline_ms = max(bytes_read / limits["copy_GBps"] / 1e6, flops / rate / 1e9)
-                run.update(roofline_step_ms=roofline_ms, roofline_ratio=roofline_ms / run["step_ms"],
-                           bytes_per_step=bytes_read, flops_per_step=flops)
-            report["runs"][quantization] = runs
-    print(f"\n{'quant':>6} {'batch':>6} {'tok/s':>10} {'ms/step':>8} {'roofline ms':>11} {'ratio':>6} {'spread':>7}")
-    for quantization, runs in report["runs"].items():
+            for mode in args.modes.split(","):
+                if mode == "engine":
+                    runs = run_engine(model_dir, quantization, batches, args.prompt_len, args.decode_steps,
+                                      config["vocab_size"], args.attention_backend, args.repeats)
+                else:
+                    runs = run_replay(model_dir, quantization, batches, context, config["vocab_size"],
+                                      args.attention_backend)
+                weight_bytes = 1 if quantization == "fp8" else 2
+                rate = limits["fp8_mm_TFLOPs" if quantization == "fp8" else "bf16_mm_TFLOPs"]
+                for batch, run in runs.items():
+                    bytes_read, flops = decode_step_cost(config, batch, context, weight_bytes)
+                    roofline_ms = max(bytes_read / limits["copy_GBps"] / 1e6, flops / rate / 1e9)
+                    run.update(roofline_step_ms=roofline_ms, roofline_ratio=roofline_ms / run["step_ms"],
+                               bytes_per_step=bytes_read, flops_per_step=flops)
+                report["runs"][f"{quantization} {mode}"] = runs
+    print(f"\n{'quant':>6} {'mode':>7} {'batch':>6} {'tok/s':>10} {'ms/step':>8} {'roofline ms':>11} {'ratio':>6} "
+          f"{'spread':>7}")
+    for key, runs in report["runs"].items():
+        quantization, mode = key.split()
         for batch, r in runs.items():
-            print(f"{quantization:>6} {batch:>6} {r['tok_per_s']:>10,.0f} {r['step_ms']:>8.2f} "
+            print(f"{quantization:>6} {mode:>7} {batch:>6} {r['tok_per_s']:>10,.0f} {r['step_ms']:>8.2f} "
                   f"{r['roofline_step_ms']:>11.2f} {r['roofline_ratio']:>6.2f} {r['spread']:>7.1%}")
     pathlib.Path(args.out).write_text(json.dumps(report, indent=2))
 
