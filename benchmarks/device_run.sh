@@ -31,7 +31,7 @@
 #   moe_tables_in    copy the tuned tables into kernels/configs/fused_moe (this machine's tree)
 #   moe              benchmarks/kernels.py fused MoE: V2-Lite and V3, bf16/fp8, M = 1/32/512/4096
 #   tune_fp8         tune_fp8_gemm.py: FP8 block GEMM configs on V3 shapes at M = 1, 64, 4096 vs bf16 and _scaled_mm
-#   fp8_tests        the FP8 GPU tests
+#   fp8_tests        the FP8 GPU tests (Triton, cuBLAS and FlashInfer GEMMs, the FP8 linear layer)
 #   tune_fp8_r2      re-tune the FP8 GEMM at M = 1, 64, 4096 merged into the committed table (+ cuBLAS block column)
 #   fp8_tables_in    install that table in this machine's tree
 #   fp8_cmp          Triton vs cuBLAS block FP8 across M with the installed table (no search)
@@ -52,11 +52,15 @@
 #   gemv_fp8_in      install that table in this machine's tree
 #   compare          one_batch.py eager vs CUDA graph vs torch.compile + graph at batch 1 / 32, ctx 1024
 #   b1_nopdl         the same at batch 1 with programmatic dependent launch off (LMLANG_PDL=0)
-#   cache_out        tar the FlashInfer JIT cache into $OUT (carry it back as .cache/fi_cache.tgz)
+#   fp8_backends     benchmarks/fp8_backends.py: bf16 / Triton / cuBLAS / FlashInfer / row-wise FP8 GEMM at
+#                    M = 1..4096 on V3 and V2-Lite shapes (sets FLASHINFER_MAX_TOKENS); FP8_BUDGET_S
+#   cache_out        tar the FlashInfer JIT cache and DeepGEMM's cubins into $OUT (carry it back as
+#                    .cache/fi_cache.tgz)
 set -u
 OUT=${OUT:-/tmp/lmlang-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false FLASHINFER_WORKSPACE_BASE=$PWD
+export TRTLLM_DG_CACHE_DIR=$PWD/.cache/deep_gemm  # FlashInfer's FP8 block GEMM (DeepGEMM) compiles its kernels here
 export PYTHONPATH=/tmp/site
 SUMMARY=()
 
@@ -121,7 +125,10 @@ for s in "$@"; do
     moe_tables_in) mkdir -p kernels/configs/fused_moe && cp "$OUT"/fused_moe/E=*.json kernels/configs/fused_moe/ ;;
     moe) step moe 240 python3 benchmarks/kernels.py --only fused_moe --rep-ms 30 --out "$OUT/kernels_moe.json" ;;
     tune_fp8) step tune_fp8 330 python3 benchmarks/tune_fp8_gemm.py --budget-s ${TUNE_BUDGET_S:-270} --out "$OUT/fp8_gemm.json" ;;
-    fp8_tests) step fp8_tests 180 "${PYTEST[@]}" tests/kernels/test_fp8.py tests/runtime/test_fp8.py ;;
+    fp8_tests) step fp8_tests 300 "${PYTEST[@]}" tests/kernels/test_fp8.py tests/kernels/test_fp8_flashinfer.py \
+      tests/runtime/test_fp8.py ;;
+    fp8_backends) step fp8_backends 300 python3 benchmarks/fp8_backends.py --budget-s ${FP8_BUDGET_S:-210} \
+      --out "$OUT/fp8_backends.json" ;;
     tune_fp8_r2) step tune_fp8_r2 330 python3 benchmarks/tune_fp8_gemm.py --ms 1,64,4096 \
       --merge kernels/configs/fp8_gemm/device=NVIDIA_H200.json --out "$OUT/fp8_gemm_r2.json" ;;
     fp8_tables_in) cp "$OUT/fp8_gemm_r2.json" kernels/configs/fp8_gemm/device=NVIDIA_H200.json ;;
@@ -151,7 +158,7 @@ for s in "$@"; do
       --ctx 1024 --prefill "" --compare 1,32 --compare-modes eager,graph,compile ;;
     b1_nopdl) step b1_nopdl 200 env LMLANG_PDL=0 python3 benchmarks/one_batch.py --config $LLAMA --out "$OUT/b1_nopdl.json" \
       --batch 1 --ctx 1024 --prefill "" --compare-modes "" --profile 1:1024 --engine-itl 1:1024 ;;
-    cache_out) step cache_out 60 tar -czf "$OUT/fi_cache.tgz" -C .cache flashinfer ;;
+    cache_out) step cache_out 60 tar -czf "$OUT/fi_cache.tgz" -C .cache flashinfer $(cd .cache && ls -d deep_gemm 2>/dev/null) ;;
     bundle) (cd "$OUT" && tar -czf bundle.tgz --remove-files $(ls -d *.log *.json */ 2>/dev/null)) ;;  # one file back, not many
     *) echo "unknown step $s"; exit 2 ;;
   esac

@@ -23,7 +23,7 @@ speed-up over bf16 (`-`: not available here, with the reason logged).
 
 `--installed` skips the search: it times the config the installed table picks for each (shape,
 M) next to cuBLAS, bf16 and the row-wise peer (a quick way to compare backends at many M, e.g.
-to set `CUBLAS_MIN_TOKENS` in `runtime/quantization/fp8_linear.py`).
+to set `CUBLAS_MIN_TOKENS` in `runtime/quantization/fp8_gemm_plan.py`).
 """
 
 from __future__ import annotations

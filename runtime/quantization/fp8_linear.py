@@ -7,31 +7,32 @@ block-scaled GEMM accumulates in float32. `in_padded` rounds `in_features` up to
 the GEMM works on whole k blocks, so a ragged input dim (DeepSeek-V2-Lite's 10944) is padded
 with zero weight columns and zero activations, which changes no product.
 
-On CUDA the activation quantization is the Triton kernel of `lmlang.kernels.fp8`, and the GEMM
-either its Triton kernel or cuBLASLt's block-scaled GEMM (`lmlang.kernels.fp8_cublas`; Hopper,
-torch >= 2.9 with CUDA >= 12.9), chosen by the backend (`$LMLANG_FP8_GEMM_BACKEND`):
-- `auto` (default): cuBLAS where the probe says it works and the batch has at least
-  `CUBLAS_MIN_TOKENS` tokens (the Triton kernel, with split-K, is faster on the weight-bound
-  small batches; cuBLAS reaches more of the tensor cores on the compute-bound large ones);
-- `triton`: always the Triton kernel; `cublas`: cuBLAS at every batch size (an error at load
-  time for a weight it cannot run).
-cuBLAS runs bf16 models only (the output dtype its probe checks); others use the Triton kernel.
+On CUDA the GEMM is one of three implementations of the recipe -- our Triton kernel
+(`lmlang.kernels.fp8_gemm`, activations quantized by `lmlang.kernels.fp8`), cuBLASLt's
+block-scaled GEMM (`lmlang.kernels.fp8_cublas`) or FlashInfer's SM90 DeepGEMM kernel
+(`lmlang.kernels.fp8_flashinfer`, which quantizes the activations itself) -- chosen per token
+count by the layer's `GemmPlan` (`fp8_gemm_plan.py`: the backends of `$LMLANG_FP8_GEMM_BACKEND`,
+`auto` by default, and the token ranges of each). cuBLAS and FlashInfer run bf16 models with
+128 x 128 blocks only; others use the Triton kernel.
 At decode batch sizes (M <= 8 tokens) on CUDA, a projection runs W8A16 instead where the device's
 tuned table (`lmlang.kernels.gemv_fp8.gemv_fp8_config`, from `benchmarks/gemv_bench.py --fp8`)
 says it beats W8A8 for that weight shape and token count: one `gemv_fp8` launch streams the fp8
 weight and multiplies it, block-scaled, with x as it is -- no activation quantization kernel and
 no activation rounding (more accurate than W8A8). Without a table entry W8A8 runs as above.
-The choice and cuBLAS's weight-scale layout are fixed once, in `process_weights_after_loading`
-(the model loader calls it); a forward then only compares its token count with the threshold,
-so it adds no host synchronization and captures in CUDA graphs. Elsewhere (CPU) the torch
-references run (the same arithmetic: quantize, dequantize, matmul in float32).
+The plan and cuBLAS's weight-scale layout are fixed once, in `process_weights_after_loading` (the
+model loader calls it; it probes cuBLAS and FlashInfer on the device); a forward then only
+compares its token count with the plan's ranges, so it adds no host synchronization and captures
+in CUDA graphs. FlashInfer compiles a kernel per weight shape and block configuration on first
+use (its configuration depends on M): the CUDA-graph runner runs every captured batch size
+eagerly before capturing it, so no compile happens inside a capture (see
+`lmlang.kernels.fp8_flashinfer`). Elsewhere (CPU) the torch references run (the same arithmetic:
+quantize, dequantize, matmul in float32).
 A stacked projection (q/k/v, gate/up) keeps its shard table: each checkpoint shard fills its rows
 of `weight` and, when its row offset is a multiple of bn, its rows of `weight_scale_inv`.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Hashable, Mapping, Optional
 
 import torch
@@ -53,25 +54,12 @@ from lmlang.kernels.fp8_cublas import (
     cublas_weight_scales,
     fp8_block_gemm_cublas,
 )
+from lmlang.kernels.fp8_flashinfer import fp8_block_gemm_flashinfer, flashinfer_block_fp8_unsupported_reason
 from lmlang.kernels.gemv import MAX_M, GemvConfig
 from lmlang.kernels.gemv_fp8 import config_fits_block, gemv_fp8, gemv_fp8_config
 from lmlang.runtime.layers.dispatch import use_kernels
 from lmlang.runtime.layers.linear import Linear, StackedLinear, _device_name, new_parameter
-
-
-GEMM_BACKENDS = ("auto", "triton", "cublas")
-GEMM_BACKEND_ENV = "LMLANG_FP8_GEMM_BACKEND"
-# `auto` runs cuBLAS from this many tokens up: on the H200 (V3 shapes, run of 18:38Z) cuBLAS was
-# faster than our tuned Triton kernel from M = 16 on for every projection, Triton faster at M = 1
-CUBLAS_MIN_TOKENS = 16
-
-
-def gemm_backend_from_env() -> str:
-    """`$LMLANG_FP8_GEMM_BACKEND`, one of `GEMM_BACKENDS` (unset: `auto`)."""
-    backend = os.environ.get(GEMM_BACKEND_ENV, "") or "auto"
-    if backend not in GEMM_BACKENDS:
-        raise ValueError(f"{GEMM_BACKEND_ENV} must be one of {GEMM_BACKENDS}, got {backend!r}")
-    return backend
+from lmlang.runtime.quantization.fp8_gemm_plan import GEMM_BACKENDS, GemmPlan, gemm_backend_from_env, plan_gemm
 
 
 def cdiv(a: int, b: int) -> int:
@@ -143,8 +131,7 @@ class Fp8Linear(nn.Module):
         self.weight = new_fp8_parameter((out_features, self.padded_in), self.weight_loader)
         self.weight_scale_inv = new_scale_parameter((cdiv(out_features, bn), self.padded_in // bk), self.weight_loader)
         self.bias = new_parameter((out_features,), self.weight_loader) if bias else None
-        # set by process_weights_after_loading: the minimum token count for cuBLAS, or None (Triton only)
-        self.cublas_min_tokens: Optional[int] = None
+        self.gemm_plan = GemmPlan()  # set by process_weights_after_loading: which GEMM runs at which M
         self.register_buffer("weight_scale_cublas", None, persistent=False)  # [L4, ceil(out / bn)], strides (1, L4)
         if self.shard_sizes:
             for param in self.parameters():
@@ -208,28 +195,31 @@ class Fp8Linear(nn.Module):
 
     @torch.no_grad()
     def process_weights_after_loading(self, backend: Optional[str] = None) -> None:
-        """Chooses the GEMM backend (`backend`, default `$LMLANG_FP8_GEMM_BACKEND`, see the module
-        docstring) and, for cuBLAS, lays the weight scales out once as cuBLASLt reads them
-        (`weight_scale_cublas`; `weight_scale_inv` stays as loaded, for the Triton kernel). Runs a
-        one-time probe of cuBLAS on the device (a host synchronization); call it again after a
-        change of weights or device."""
+        """Fixes the GEMM plan (`backend`, default `$LMLANG_FP8_GEMM_BACKEND`; see `fp8_gemm_plan`)
+        and, where cuBLAS is in it, lays the weight scales out once as cuBLASLt reads them
+        (`weight_scale_cublas`; `weight_scale_inv` stays as loaded, for Triton and FlashInfer).
+        Probes cuBLAS and FlashInfer on the device once per kind of shape (host synchronizations;
+        FlashInfer's first probe compiles kernels); call it again after a change of weights or
+        device. A forced backend that cannot run this weight raises ValueError. CPU layers keep
+        the torch reference whatever the backend."""
         backend = backend or gemm_backend_from_env()
         if backend not in GEMM_BACKENDS:
             raise ValueError(f"fp8 GEMM backend must be one of {GEMM_BACKENDS}, got {backend!r}")
-        self.cublas_min_tokens, self.weight_scale_cublas = None, None
-        if backend == "triton" or not self.weight.is_cuda:
+        self.gemm_plan, self.weight_scale_cublas = GemmPlan(), None
+        if not self.weight.is_cuda:
             return
         n, k = self.weight.shape
-        if self.block != (128, 128):
-            reason = f"block {list(self.block)} is not cuBLASLt's 128 x 128"
-        else:
-            reason = cublas_block_fp8_unsupported_reason(self.weight.device, n, k)
-        if reason is not None:
-            if backend == "cublas":
-                raise ValueError(f"fp8 GEMM backend 'cublas' cannot run the [{n}, {k}] weight here: {reason}")
-            return
-        self.weight_scale_cublas = cublas_weight_scales(self.weight_scale_inv)
-        self.cublas_min_tokens = 1 if backend == "cublas" else CUBLAS_MIN_TOKENS
+
+        def unsupported_reason(name: str) -> Optional[str]:
+            if self.block != (128, 128):
+                return f"block {list(self.block)} is not the 128 x 128 of {name}'s kernel"
+            if name == "cublas":
+                return cublas_block_fp8_unsupported_reason(self.weight.device, n, k)
+            return flashinfer_block_fp8_unsupported_reason(self.weight.device, n, k)
+
+        self.gemm_plan = plan_gemm(backend, unsupported_reason, weight=f"the [{n}, {k}] fp8 weight")
+        if self.gemm_plan.cublas_min_tokens is not None:
+            self.weight_scale_cublas = cublas_weight_scales(self.weight_scale_inv)
 
     def dequantized_weight(self) -> torch.Tensor:
         """W [out, in] in the model's dtype (for layers that need it dense, e.g. MLA's absorption)."""
@@ -253,8 +243,10 @@ class Fp8Linear(nn.Module):
                 if self.bias is not None and not fused_bias:
                     y = y + self.bias
                 return y.reshape(*lead, self.out_features)
-        use_cublas = self.cublas_min_tokens is not None and m >= self.cublas_min_tokens and x.dtype == torch.bfloat16
-        if use_cublas and x.is_cuda:
+        gemm = self.gemm_plan.gemm_for(m) if x.dtype == torch.bfloat16 and x.is_cuda else "triton"
+        if gemm == "flashinfer" and use_kernels(x):  # (a peer library's call: not under torch.compile's tracing)
+            y = fp8_block_gemm_flashinfer(x2.contiguous(), self.weight, self.weight_scale_inv, x.dtype)
+        elif gemm == "cublas":
             # rows padded to a multiple of 4, scales column-major: the layout cuBLASLt reads
             a, a_scales = per_token_group_quant_fp8(
                 x2.contiguous(), self.block[1], column_major_scales=True, pad_rows_to=ROW_MULTIPLE
@@ -262,8 +254,8 @@ class Fp8Linear(nn.Module):
             y = fp8_block_gemm_cublas(a, a_scales, self.weight, self.weight_scale_cublas, x.dtype)[:m]
         else:
             a, a_scales = quant_activation(x2, self.block[1])
-            gemm = fp8_block_gemm if x.is_cuda else ref_fp8_block_gemm
-            y = gemm(a, a_scales, self.weight, self.weight_scale_inv, x.dtype, self.block)
+            triton_gemm = fp8_block_gemm if x.is_cuda else ref_fp8_block_gemm
+            y = triton_gemm(a, a_scales, self.weight, self.weight_scale_inv, x.dtype, self.block)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)

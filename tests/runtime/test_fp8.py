@@ -14,7 +14,16 @@ from lmlang.runtime.layers.linear import Linear, StackedLinear
 from lmlang.runtime.layers.moe import TopKRouter
 from lmlang.runtime.model_loader import load_model
 from lmlang.runtime.quantization import Fp8Config, Fp8FusedMoE, Fp8Linear, resolve_quantization
-from lmlang.runtime.quantization.fp8_linear import CUBLAS_MIN_TOKENS, GEMM_BACKEND_ENV, fake_quant_activation
+from lmlang.runtime.quantization.fp8_gemm_plan import (
+    CUBLAS_MIN_TOKENS,
+    FLASHINFER_MAX_TOKENS,
+    FLASHINFER_MIN_TOKENS,
+    GEMM_BACKEND_ENV,
+    GemmPlan,
+    gemm_backend_from_env,
+    plan_gemm,
+)
+from lmlang.runtime.quantization.fp8_linear import fake_quant_activation
 from lmlang.testing import make_tiny_checkpoint, make_tiny_fp8_checkpoint
 from lmlang.testing.forward import ForwardDriver
 from lmlang.testing.parity import parity_prompts
@@ -185,10 +194,73 @@ def test_fp8_gemm_backend_is_validated_and_cpu_layers_keep_the_reference(monkeyp
     monkeypatch.setenv(GEMM_BACKEND_ENV, "fast")
     with pytest.raises(ValueError, match=GEMM_BACKEND_ENV):
         layer.process_weights_after_loading()
-    monkeypatch.setenv(GEMM_BACKEND_ENV, "cublas")
-    layer.process_weights_after_loading()  # CPU: nothing to lay out, the torch reference runs
-    assert layer.weight_scale_cublas is None and layer.cublas_min_tokens is None
+    for backend in ("cublas", "flashinfer"):
+        monkeypatch.setenv(GEMM_BACKEND_ENV, backend)
+        assert gemm_backend_from_env() == backend
+        layer.process_weights_after_loading()  # CPU: nothing to lay out, the torch reference runs
+        assert layer.weight_scale_cublas is None and layer.gemm_plan == GemmPlan()
     assert "weight_scale_cublas" not in layer.state_dict()
+    monkeypatch.setenv(GEMM_BACKEND_ENV, "")
+    assert gemm_backend_from_env() == "auto"
+
+
+def test_gemm_plan_picks_a_backend_per_token_count_and_probes_only_what_it_may_use():
+    probed = []
+
+    def reasons(**unavailable):
+        def reason(name):
+            probed.append(name)
+            return unavailable.get(name)
+        return reason
+
+    def picks(plan):
+        ms = (1, FLASHINFER_MIN_TOKENS - 1, FLASHINFER_MIN_TOKENS, FLASHINFER_MAX_TOKENS, FLASHINFER_MAX_TOKENS + 1)
+        return [plan.gemm_for(m) for m in ms]
+
+    assert picks(plan_gemm("auto", reasons())) == ["triton", "triton", "flashinfer", "flashinfer", "cublas"]
+    assert sorted(probed) == ["cublas", "flashinfer"]
+    assert picks(plan_gemm("auto", reasons(flashinfer="no SM90"))) == ["triton", "triton", "cublas", "cublas", "cublas"]
+    assert picks(plan_gemm("auto", reasons(cublas="old torch"))) == ["triton", "triton", "flashinfer", "flashinfer",
+                                                                    "triton"]
+    assert picks(plan_gemm("auto", reasons(cublas="no", flashinfer="no"))) == ["triton"] * 5
+    assert plan_gemm("auto", reasons()).cublas_min_tokens == CUBLAS_MIN_TOKENS
+    probed.clear()
+    assert picks(plan_gemm("triton", reasons())) == ["triton"] * 5 and probed == []
+    assert picks(plan_gemm("cublas", reasons())) == ["cublas"] * 5 and probed == ["cublas"]
+    probed.clear()
+    flashinfer = plan_gemm("flashinfer", reasons())
+    assert picks(flashinfer) == ["flashinfer"] * 5 and flashinfer.gemm_for(1 << 20) == "flashinfer"
+    assert probed == ["flashinfer"]
+    with pytest.raises(ValueError, match=r"'flashinfer' cannot run the \[576, 2048\] weight here: not SM90"):
+        plan_gemm("flashinfer", reasons(flashinfer="not SM90"), weight="the [576, 2048] weight")
+    with pytest.raises(ValueError, match="'cublas' cannot run"):
+        plan_gemm("cublas", reasons(cublas="old torch"))
+    with pytest.raises(ValueError, match="must be one of"):
+        plan_gemm("cutlass", reasons())
+
+
+def _bf16_cuda_layer(seed: int = 0) -> tuple[Fp8Linear, torch.Tensor]:
+    """A [2112, 1400] FP8 layer with bias (K padded to 1408: 11 k blocks; N = 16.5 weight blocks)
+    and x of 2 x 150 tokens, bf16 on CUDA."""
+    gen = torch.Generator().manual_seed(seed)
+    linear = Linear(1400, 2112, bias=True)
+    with torch.no_grad():
+        for p in linear.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * p.shape[-1] ** -0.5)
+    layer = Fp8Linear.quantize(linear.to("cuda", torch.bfloat16), (128, 128))
+    return layer, torch.randn(2, 150, 1400, generator=gen).to("cuda", torch.bfloat16)
+
+
+def _assert_graph_replays_like_eager(layer: Fp8Linear, x: torch.Tensor) -> None:
+    graph, static_x = torch.cuda.CUDAGraph(), x.clone()
+    layer(static_x)  # warm up (and compile) outside the capture, as the CUDA-graph runner does
+    torch.cuda.synchronize()
+    with torch.cuda.graph(graph):
+        static_y = layer(static_x)
+    static_x.copy_(x.flip(-2))
+    graph.replay()
+    eager = layer(x.flip(-2))
+    torch.testing.assert_close(static_y.float(), eager.float(), atol=1e-2 * eager.abs().max().item(), rtol=0)
 
 
 @pytest.mark.gpu
@@ -198,31 +270,44 @@ def test_fp8_linear_cublas_backend_matches_triton_and_captures_in_a_cuda_graph()
     reason = cublas_block_fp8_unsupported_reason("cuda", 2112, 1408)
     if reason is not None:
         pytest.skip(f"cuBLAS block FP8: {reason}")
-    gen = torch.Generator().manual_seed(0)
-    linear = Linear(1400, 2112, bias=True)  # K padded to 1408: 11 k blocks (cuBLAS pads its scales to 12)
-    with torch.no_grad():
-        for p in linear.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * p.shape[-1] ** -0.5)
-    layer = Fp8Linear.quantize(linear.to("cuda", torch.bfloat16), (128, 128))
-    x = torch.randn(2, 150, 1400, generator=gen).to("cuda", torch.bfloat16)  # 300 tokens
+    layer, x = _bf16_cuda_layer()
+    small = x[:1, :3]
+    layer.process_weights_after_loading("triton")
+    triton_out, triton_small = layer(x), layer(small)
+    layer.process_weights_after_loading("cublas")
+    assert layer.weight_scale_cublas is not None and layer.gemm_plan == GemmPlan(cublas_min_tokens=1)
+    for got, expected in ((layer(x), triton_out), (layer(small), triton_small)):
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(got.float(), expected.float(), atol=2e-2 * scale, rtol=0)
+    _assert_graph_replays_like_eager(layer, x)
+
+
+@pytest.mark.gpu
+def test_fp8_linear_auto_runs_flashinfer_in_its_token_range_and_captures_in_a_cuda_graph():
+    from lmlang.kernels.fp8_flashinfer import flashinfer_block_fp8_unsupported_reason, fp8_block_gemm_flashinfer
+
+    reason = flashinfer_block_fp8_unsupported_reason("cuda", 2112, 1408)
+    if reason is not None:
+        pytest.skip(f"FlashInfer block FP8: {reason}")
+    layer, x = _bf16_cuda_layer(seed=1)
     small = x[:1, :3]
     layer.process_weights_after_loading("triton")
     triton_out, triton_small = layer(x), layer(small)
     layer.process_weights_after_loading("auto")
-    assert layer.weight_scale_cublas is not None and layer.cublas_min_tokens == CUBLAS_MIN_TOKENS
-    cublas_out = layer(x)
+    assert layer.gemm_plan.gemm_for(FLASHINFER_MIN_TOKENS) == "flashinfer"
+    assert layer.gemm_plan.gemm_for(FLASHINFER_MAX_TOKENS) == "flashinfer"
+    out = layer(x)  # 300 tokens: FlashInfer's range
+    x_padded = torch.nn.functional.pad(x.reshape(300, 1400), (0, 8))
+    direct = fp8_block_gemm_flashinfer(x_padded, layer.weight, layer.weight_scale_inv) + layer.bias
+    assert torch.equal(out.reshape(300, 2112), direct)
     scale = triton_out.abs().max().item()
-    torch.testing.assert_close(cublas_out.float(), triton_out.float(), atol=2e-2 * scale, rtol=0)
-    assert torch.equal(layer(small), triton_small)  # below the threshold auto keeps the Triton kernel
-    graph, static_x = torch.cuda.CUDAGraph(), x.clone()
-    layer(static_x)  # warm up outside the capture
-    torch.cuda.synchronize()
-    with torch.cuda.graph(graph):
-        static_y = layer(static_x)
-    static_x.copy_(x.flip(1))
-    graph.replay()
-    eager = layer(x.flip(1))
-    torch.testing.assert_close(static_y.float(), eager.float(), atol=1e-2 * eager.abs().max().item(), rtol=0)
+    torch.testing.assert_close(out.float(), triton_out.float(), atol=2e-2 * scale, rtol=0)
+    assert torch.equal(layer(small), triton_small)  # below the range auto keeps the Triton kernel
+    _assert_graph_replays_like_eager(layer, x[:, :20])  # 40 tokens
+    layer.process_weights_after_loading("flashinfer")  # forced: every token count, down to 1
+    got = layer(small)
+    torch.testing.assert_close(got.float(), triton_small.float(), atol=2e-2 * triton_small.abs().max().item(), rtol=0)
+    _assert_graph_replays_like_eager(layer, small)
 
 
 def _w8a16_table(tmp_path, monkeypatch, entries: dict) -> None:
