@@ -24,8 +24,9 @@ stages, TMA multicast, swap-AB) on first use, 2-3 s each; M picks the block conf
 below 32 rows, block_m 64 up to 64 rows, block_n and multicast from the wave count), so one weight
 shape needs about nine kernels over 16..1024 tokens. Cubins are cached on disk
 (`$TRTLLM_DG_CACHE_DIR`, default `~/.tensorrt_llm/cache`) and loaded from there by later
-processes. The first call of a process also builds FlashInfer's binding (cached under its JIT
-directory). A compile must not happen inside CUDA-graph capture: the model runner
+processes. The first call of a process also loads FlashInfer's binding, building it with nvcc the
+first time on a machine (cached under FlashInfer's JIT directory, minutes). A compile must not
+happen inside CUDA-graph capture: the model runner
 (`runtime/cuda_graph.py`) runs every captured batch size eagerly (`WARMUP_RUNS`) before capturing
 it, which compiles what the graph will launch. An eager prefill chunk with a token count of a new
 configuration compiles on its first occurrence (a one-time stall per machine).
@@ -137,6 +138,8 @@ def fp8_block_gemm_flashinfer(
     _check_operands(x, w_fp8, w_scale_inv, out_dtype)
     if x.shape[0] == 0:
         return x.new_empty(0, w_fp8.shape[0])
+    if x.data_ptr() % 16:  # the library's quantization kernel loads x in vectors: a fresh (aligned) copy
+        x = x.clone()
     fn, reason = _library()
     if fn is None:
         raise RuntimeError(f"fp8_block_gemm_flashinfer: {reason}")
