@@ -25,7 +25,7 @@ below 32 rows, block_m 64 up to 64 rows, block_n and multicast from the wave cou
 shape needs about nine kernels over 16..1024 tokens. Cubins are cached on disk
 (`$TRTLLM_DG_CACHE_DIR`, default `~/.tensorrt_llm/cache`) and loaded from there by later
 processes. The first call of a process also loads FlashInfer's binding, building it with nvcc the
-first time on a machine (cached under FlashInfer's JIT directory, minutes). A compile must not
+first time on a machine (then cached under FlashInfer's JIT directory). A compile must not
 happen inside CUDA-graph capture: the model runner
 (`runtime/cuda_graph.py`) runs every captured batch size eagerly (`WARMUP_RUNS`) before capturing
 it, which compiles what the graph will launch. An eager prefill chunk with a token count of a new
