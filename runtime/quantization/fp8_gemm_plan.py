@@ -12,8 +12,10 @@ Three implementations of the same product (1 x 128 activation groups, 128 x 128 
 - `triton`, `cublas`, `flashinfer`: that implementation at every M (a load-time error for a weight
   it cannot run).
 The thresholds come from H200 sweeps over M (`benchmarks/fp8_backends.py`, `tune_fp8_gemm.py
---installed`): Triton won below 16 tokens, cuBLAS above that against Triton, FlashInfer against
-cuBLAS at 16..1024 (FLASHINFER_MAX_TOKENS: a first value, to be set from the sweep).
+--installed`): cuBLAS beat Triton from 16 tokens on; FlashInfer beat both from 1 to 512 tokens
+(geometric means over DeepSeek-V3's and V2-Lite's 12 projections, 2026-11-26T23:00Z: 1.43x /
+1.29x / 1.51x / 1.06x cuBLAS at M = 1 / 16 / 64 / 512, 0.93x at 1024) and lost to cuBLAS above.
+Where the W8A16 GEMV's table has an entry (<= 8 tokens) `Fp8Linear` runs that instead.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ GEMM_BACKEND_ENV = "LMLANG_FP8_GEMM_BACKEND"
 # `auto` runs cuBLAS from this many tokens up: on the H200 (V3 shapes, run of 18:38Z) cuBLAS was
 # faster than our tuned Triton kernel from M = 16 on for every projection, Triton faster at M = 1
 CUBLAS_MIN_TOKENS = 16
-# `auto` runs FlashInfer's kernel in [FLASHINFER_MIN_TOKENS, FLASHINFER_MAX_TOKENS] (inclusive): it
-# beat cuBLAS at 64 tokens on every V3 projection (by 20-40%) and lost by 1-16% at 4096
-FLASHINFER_MIN_TOKENS = CUBLAS_MIN_TOKENS
-FLASHINFER_MAX_TOKENS = 1024
+# `auto` runs FlashInfer's kernel in [FLASHINFER_MIN_TOKENS, FLASHINFER_MAX_TOKENS] (inclusive): see
+# the module docstring for the sweep
+FLASHINFER_MIN_TOKENS = 1
+FLASHINFER_MAX_TOKENS = 512
 
 
 def gemm_backend_from_env() -> str:
