@@ -134,7 +134,8 @@ def run_engine(model_dir: str, quantization: str, batches: list, prompt_len: int
 def run_replay(model_dir: str, quantization: str, batches: list, context: int, vocab: int,
                attention_backend: str) -> dict:
     """Decode step time from CUDA-graph replays of a ModelRunner (see the module docstring)."""
-    from one_batch import make_runner, release_memory  # a sibling script, on sys.path when run from here
+    from gemv_bench import time_replays  # sibling scripts, on sys.path when run from here
+    from one_batch import make_runner, release_memory
 
     from lmlang.runtime.forward_batch import ForwardMode
     from lmlang.runtime.model_runner import SeqChunk
@@ -147,17 +148,7 @@ def run_replay(model_dir: str, quantization: str, batches: list, context: int, v
                            torch.arange(1 + i * (context + 1), 1 + (i + 1) * (context + 1))) for i in range(batch)]
         bucket = graphs.bucket(batch)
         graphs.replay(runner.builder.build(ForwardMode.DECODE, chunks, pad_to=bucket))  # plans this batch
-        graph = graphs.graphs[bucket]
-        for _ in range(3):
-            graph.replay()
-        times = []
-        for _ in range(REPLAY_REPS):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
+        times = [t * 1e3 for t in time_replays(graphs.graphs[bucket], REPLAY_REPS)]  # ms
         step_ms = statistics.median(times)
         results[batch] = {"step_ms": step_ms, "tok_per_s": batch / step_ms * 1e3,
                           "spread": (max(times) - min(times)) / step_ms}

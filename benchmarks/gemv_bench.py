@@ -113,6 +113,13 @@ def time_graph(calls: list[Callable[[], object]], reps: int) -> float:
     with torch.cuda.graph(graph):
         for call in calls:
             call()
+    seconds = statistics.median(time_replays(graph, reps))
+    del graph
+    return seconds
+
+
+def time_replays(graph: torch.cuda.CUDAGraph, reps: int) -> list[float]:
+    """Seconds of each of `reps` replays of a captured graph (after three untimed ones)."""
     for _ in range(3):
         graph.replay()
     times = []
@@ -123,8 +130,7 @@ def time_graph(calls: list[Callable[[], object]], reps: int) -> float:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
-    del graph
-    return statistics.median(times)
+    return times
 
 
 def time_per_call(fn: Callable, weights: list, reps: int) -> float:

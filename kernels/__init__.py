@@ -8,6 +8,8 @@ Modules (import the one you need; this package imports nothing eagerly):
 - `kv_store`: `store_kv` (MHA/GQA pool), `store_mla_kv` (MLA latent pool)
 - `bitmask`: `apply_token_bitmask_` (packed int32 grammar masks on logits)
 - `fp8`: `per_token_group_quant_fp8`, `quant_weight_block_fp8`, `fp8_block_gemm` (W8A8, 128x128 blocks)
+- `fp8_cublas`, `fp8_flashinfer`: the same W8A8 product through cuBLASLt and FlashInfer's SM90 kernel
+  (peer libraries, each used where a one-time probe on the device matches the reference: `device_probe`)
 - `fused_moe`: `fused_moe_gemm`, `fused_experts`; token alignment in `moe_align`; configs in `moe_config`
 - `mla_decode`: `mla_decode` (split-K decode over a latent cache)
 - `tree_attention`: `tree_attention` (ragged queries over paged KV, custom or causal mask)

@@ -27,14 +27,13 @@ cuBLAS that computes something else makes it False, and callers use the Triton k
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from lmlang.kernels.device_probe import ProbeKey, cached_probe, sm90_device
 from lmlang.kernels.fp8 import quant_weight_block_fp8, ref_fp8_block_gemm, ref_per_token_group_quant_fp8
 
-logger = logging.getLogger(__name__)
 
 BLOCK = 128  # cuBLASLt's only block size: 1 x 128 activation groups, 128 x 128 weight blocks
 ROW_MULTIPLE = 4  # A's rows (and so its scale columns' length) padded to this multiple
@@ -154,37 +153,24 @@ def _probe(device: torch.device, n: int, k: int) -> Optional[str]:
     return None if err < 1e-2 else f"wrong result at N={n}, K={k} (relative error {err:.3g})"
 
 
-_probe_results: dict[tuple[torch.device, int, int], Optional[str]] = {}  # (device, n, k) -> `_probe`'s answer
+_probe_results: dict[ProbeKey, Optional[str]] = {}  # (device, n, k) -> `_probe`'s answer
 
 
 def cublas_block_fp8_unsupported_reason(device: torch.device | str, n: int, k: int) -> Optional[str]:
     """None if `fp8_block_gemm_cublas` runs an [*, k] x [n, k]^T GEMM correctly on `device`, else
     why not. Runs (once per device and kind of shape; never during CUDA graph capture) a tiny
     probe, with a host synchronization: call it at load time, not per step."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return f"device {device} is not CUDA"
+    device, reason = sm90_device(torch.device(device), "cuBLASLt's 1x128 x 128x128 block scaling")
+    if reason is not None:
+        return reason
     if k % BLOCK or n % 16:
         return f"shape N={n}, K={k}: cuBLASLt needs K % {BLOCK} == 0 and N % 16 == 0"
     if _scaled_mm_for(k // BLOCK % K_BLOCKS_MULTIPLE != 0) is None:
         return f"torch {torch.__version__} has no block-scaled scaled_mm for K={k}"
-    if device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    capability = torch.cuda.get_device_capability(device)
-    if capability != (9, 0):
-        return f"cuBLASLt runs 1x128 x 128x128 block scaling on SM90 only, this GPU is SM{capability[0]}{capability[1]}"
     # one probe per case that differs in layout: k blocks a multiple of 4 or padded; whole or ragged n blocks
     probe_n = 2 * BLOCK if n % BLOCK == 0 else BLOCK + 64
     probe_k = 4 * BLOCK if k // BLOCK % K_BLOCKS_MULTIPLE == 0 else 3 * BLOCK
-    key = (device, probe_n, probe_k)
-    if key not in _probe_results:
-        if torch.cuda.is_current_stream_capturing():
-            return "cannot probe during CUDA graph capture (call cublas_block_fp8_supported before capturing)"
-        with torch.cuda.device(device):
-            _probe_results[key] = _probe(*key)
-        if _probe_results[key] is not None:
-            logger.info("cuBLAS block-scaled FP8 GEMM not used on %s (probe N=%d, K=%d): %s", *key, _probe_results[key])
-    return _probe_results[key]
+    return cached_probe(_probe_results, (device, probe_n, probe_k), _probe, "cuBLAS block-scaled FP8 GEMM")
 
 
 def cublas_block_fp8_supported(device: torch.device | str, n: int, k: int) -> bool:

@@ -45,15 +45,14 @@ reference; a missing library, another GPU or an unsupported shape gives the reas
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import shutil
 from typing import Callable, Optional
 
 import torch
+from lmlang.kernels.device_probe import ProbeKey, cached_probe, sm90_device
 from lmlang.kernels.fp8 import quant_weight_block_fp8, ref_fp8_block_gemm, ref_per_token_group_quant_fp8
 
-logger = logging.getLogger(__name__)
 
 BLOCK = 128  # 1 x 128 activation groups, 128 x 128 weight blocks; K must be a multiple of it
 N_MULTIPLE = 64  # the library's requirement on N
@@ -171,7 +170,7 @@ def _probe(device: torch.device, n: int, k: int) -> Optional[str]:
     return None
 
 
-_probe_results: dict[tuple[torch.device, int, int], Optional[str]] = {}  # (device, n, k) -> `_probe`'s answer
+_probe_results: dict[ProbeKey, Optional[str]] = {}  # (device, n, k) -> `_probe`'s answer
 
 
 def flashinfer_block_fp8_unsupported_reason(device: torch.device | str, n: int, k: int) -> Optional[str]:
@@ -179,28 +178,14 @@ def flashinfer_block_fp8_unsupported_reason(device: torch.device | str, n: int, 
     else why not. Runs (once per device and kind of shape -- N a multiple of 128 or not, K / 128 a
     multiple of 4 or not; never during CUDA graph capture) tiny probes that compile two kernels and
     synchronize the host: call it at load time, not per step."""
-    device = torch.device(device)
     if k % BLOCK or n % N_MULTIPLE:
         return f"shape N={n}, K={k}: FlashInfer's kernel needs K % {BLOCK} == 0 and N % {N_MULTIPLE} == 0"
-    if device.type != "cuda":
-        return f"device {device} is not CUDA"
-    if device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    capability = torch.cuda.get_device_capability(device)
-    if capability != (9, 0):
-        return f"FlashInfer's block-scaled FP8 GEMM runs on SM90 only, this GPU is SM{capability[0]}{capability[1]}"
+    device, reason = sm90_device(torch.device(device), "FlashInfer's block-scaled FP8 GEMM")
+    if reason is not None:
+        return reason
     reason = _library()[1] or _nvcc_missing()
     if reason is not None:
         return reason
     probe_n = 2 * BLOCK if n % BLOCK == 0 else BLOCK + N_MULTIPLE
     probe_k = 12 * BLOCK if k // BLOCK % 4 == 0 else 11 * BLOCK  # more k blocks than pipeline stages
-    key = (device, probe_n, probe_k)
-    if key not in _probe_results:
-        if torch.cuda.is_current_stream_capturing():
-            return "cannot probe during CUDA graph capture (call flashinfer_block_fp8_unsupported_reason before it)"
-        with torch.cuda.device(device):
-            _probe_results[key] = _probe(*key)
-        if _probe_results[key] is not None:
-            logger.info("FlashInfer block-scaled FP8 GEMM not used on %s (probe N=%d, K=%d): %s", *key,
-                        _probe_results[key])
-    return _probe_results[key]
+    return cached_probe(_probe_results, (device, probe_n, probe_k), _probe, "FlashInfer's block-scaled FP8 GEMM")
