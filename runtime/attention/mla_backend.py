@@ -35,10 +35,10 @@ from lmlang.runtime.forward_batch import ForwardBatch
 
 DECODE_KERNELS = ("auto", "flashinfer", "triton")
 FLASHINFER_DIMS = (512, 64)  # (kv_lora_rank, rope dim) FlashInfer's MLA kernels are built for (DeepSeek's)
-# where the Triton kernel beat FlashInfer's on the H200 (benchmarks/mla_decode_bench.py, ctx 4k, per
-# layer): 16 heads at batch 1 / 2: 11.2 / 13.4 us vs 18.3 / 18.1; batch 4: 18.3 vs 19.5; batch 8 and
-# 128 heads at every batch: FlashInfer
-TRITON_DECODE_MAX_BATCH = 2
+# where the Triton kernel beat FlashInfer's on the H200 (ctx 4k, per layer, graph-replayed; 16x128
+# tiles, 32 splits): 16 heads at batch 1 / 2 / 4: 11.2 / 12.8 / 15.7 us vs 17.9 / 18.8 / 19.4; batch 8
+# (earlier tiling 27.8 vs 22.5) and 128 heads at every batch: FlashInfer
+TRITON_DECODE_MAX_BATCH = 4
 TRITON_DECODE_MAX_HEADS = 16
 
 

@@ -81,7 +81,8 @@ def test_flashinfer_decode_matches_reference(kv_buffer, heads):
     backend = MLAAttentionBackend(device="cuda")
     assert backend.flashinfer is not None, "flashinfer should be the default MLA decode kernel on CUDA"
     gen = torch.Generator().manual_seed(heads)
-    for lens in ([1, 700, 4096, 33], [5, 64, 3]):  # the second batch is planned up front (shape known)
+    # batches above TRITON_DECODE_MAX_BATCH run FlashInfer; the second is planned up front (shape known)
+    for lens in ([1, 700, 4096, 33, 2], [5, 64, 3, 9, 1]):
         seq_lens, slots = _contexts(lens, len(lens), gen)
         batch = _decode_batch(seq_lens, slots, backend)
         backend.plan(batch)
@@ -95,7 +96,7 @@ def test_flashinfer_decode_matches_reference(kv_buffer, heads):
 def test_auto_runs_triton_for_tiny_batches_and_flashinfer_above(kv_buffer):
     backend = MLAAttentionBackend(device="cuda")
     gen = torch.Generator().manual_seed(3)
-    for lens, via_flashinfer in (([4096], False), ([300, 1], False), ([70, 2000, 5], True), ([9], False)):
+    for lens, via_flashinfer in (([4096], False), ([300, 1], False), ([70, 2000, 5, 1, 64], True), ([9], False)):
         seq_lens, slots = _contexts(lens, len(lens), gen)
         batch = _decode_batch(seq_lens, slots, backend)
         backend.plan(batch)
