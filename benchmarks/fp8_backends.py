@@ -49,9 +49,12 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from gemv_bench import time_per_call  # noqa: E402
 from gemv_fp8_tune import deepseek_shapes  # noqa: E402
+from tune_fp8_gemm import stop_workers  # noqa: E402
 from limits import measure_limits, print_limits, run_info  # noqa: E402
 
-from lmlang.kernels.fp8 import fp8_block_gemm, per_token_group_quant_fp8, quant_weight_block_fp8  # noqa: E402
+from lmlang.kernels.fp8 import (  # noqa: E402
+    fp8_block_gemm, per_token_group_quant_fp8, quant_weight_block_fp8, ref_per_token_group_quant_fp8,
+)
 from lmlang.kernels.fp8_cublas import (  # noqa: E402
     ROW_MULTIPLE, cublas_block_fp8_unsupported_reason, cublas_weight_scales, fp8_block_gemm_cublas,
 )
@@ -113,17 +116,13 @@ def warm_in_parallel(shapes: dict, ms: list, workers: int, timeout_s: float) -> 
         print(f"parallel warm-up stopped early ({type(e).__name__}: {e}); {len(done)}/{len(shapes)} shapes warm",
               file=sys.stderr)
     finally:
-        workers_left = list(getattr(pool, "_processes", {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in workers_left:
-            proc.terminate()
+        stop_workers(pool)
     return done
 
 
 def rowwise_quant(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """t [R, K] -> (fp8 [R, K], float32 scales [R, 1]): one scale per row (the peer's recipe)."""
-    amax = t.float().abs().amax(1, keepdim=True).clamp(min=1e-10)
-    return (t.float() * (448.0 / amax)).to(torch.float8_e4m3fn), amax / 448.0
+    return ref_per_token_group_quant_fp8(t, t.shape[1])
 
 
 def bench_shape(name: str, n: int, k: int, ms: list, reps: int, reasons: dict) -> list:

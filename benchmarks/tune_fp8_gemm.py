@@ -143,12 +143,18 @@ def precompile(ms: list[int], workers: int, timeout_s: float) -> dict[tuple[Fp8G
     except Exception as e:  # a crashed worker or the time limit: the rest stay unknown
         print(f"precompile stopped early ({type(e).__name__}: {e}); {len(status)}/{len(jobs)} configs known",
               file=sys.stderr)
-    finally:  # a worker stuck in a compile must not hold the run: end our own worker processes
-        workers_left = list(getattr(pool, "_processes", {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in workers_left:
-            proc.terminate()
+    finally:
+        stop_workers(pool)
     return status
+
+
+def stop_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """Shuts the pool down without waiting and ends its worker processes: a worker stuck in a
+    compile must not hold the run."""
+    workers_left = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in workers_left:
+        proc.terminate()
 
 
 def bench(fn, rep_ms: int) -> float:
@@ -167,11 +173,9 @@ def copy_bandwidth() -> float:
 
 def rowwise_peer(ops: dict):
     """torch._scaled_mm with per-row (activation) and per-column (weight) float32 scales."""
-    a_amax = ops["x"].float().abs().amax(1, keepdim=True).clamp(min=1e-10)
-    w_amax = ops["w"].float().abs().amax(1, keepdim=True).clamp(min=1e-10)
-    a = (ops["x"].float() * (448.0 / a_amax)).to(torch.float8_e4m3fn)
-    w = (ops["w"].float() * (448.0 / w_amax)).to(torch.float8_e4m3fn)
-    sa, sb = (a_amax / 448.0).contiguous(), (w_amax / 448.0).t().contiguous()
+    a, sa = fp8.ref_per_token_group_quant_fp8(ops["x"], ops["x"].shape[1])  # one group = the whole row
+    w, w_scale = fp8.ref_per_token_group_quant_fp8(ops["w"], ops["w"].shape[1])
+    sb = w_scale.t().contiguous()
     return lambda: torch._scaled_mm(a, w.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
 
 
