@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from lmlang.kernels.launch import without_pdl
 from lmlang.runtime.attention.base import AttentionSpec, create_backend
 from lmlang.runtime.attention.compiled_op import forward_batch_context
 from lmlang.runtime.batch_builder import BatchBuilder, SeqChunk
@@ -166,15 +167,16 @@ class ModelRunner:
         batch = self.build_batch(mode, seqs, custom_mask)
         _override_input_ids(batch, input_ids)
         self.attn_backend.plan(batch)
-        with forward_batch_context(batch):
-            hidden = self.model(batch)  # [num_tokens, hidden]
-        if not rows:
-            return torch.empty(0, 0)
-        if rows != list(range(len(rows))):
-            hidden = hidden.index_select(0, torch.tensor(rows, dtype=torch.long, device=self.device))
-        else:
-            hidden = hidden[: len(rows)]
-        return self.model.compute_logits(hidden).float()
+        with without_pdl():  # eager: the host sets the pace, PDL would only add launch cost
+            with forward_batch_context(batch):
+                hidden = self.model(batch)  # [num_tokens, hidden]
+            if not rows:
+                return torch.empty(0, 0)
+            if rows != list(range(len(rows))):
+                hidden = hidden.index_select(0, torch.tensor(rows, dtype=torch.long, device=self.device))
+            else:
+                hidden = hidden[: len(rows)]
+            return self.model.compute_logits(hidden).float()
 
     def build_batch(self, mode: ForwardMode, seqs: Sequence[SeqChunk], custom_mask=None) -> ForwardBatch:
         """The `ForwardBatch` of these chunks (not planned)."""
