@@ -50,7 +50,8 @@ def _token_rows(t: torch.Tensor, name: str, num_tokens: int) -> torch.Tensor:
     return rows if rows.stride(1) == 1 else rows.contiguous()
 
 
-def _check_loc(loc: torch.Tensor) -> None:
+def check_loc(loc: torch.Tensor) -> None:
+    """Raises ValueError unless `loc` is a [num_tokens] int32/int64 slot vector."""
     if loc.dim() != 1 or loc.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"kv_store: loc must be [num_tokens] int32/int64, got {tuple(loc.shape)} {loc.dtype}")
 
@@ -60,7 +61,7 @@ def check_store_kv(
 ) -> None:
     """Raises ValueError unless `store_kv(k_buffer, v_buffer, loc, k, v)` fits (see there); shared
     with `rotary.rotary_and_store_kv`, which stores in the same way."""
-    _check_loc(loc)
+    check_loc(loc)
     for name, buf, src in (("k", k_buffer, k), ("v", v_buffer, v)):
         if not buf.is_contiguous():
             raise ValueError(f"store_kv: {name}_buffer must be contiguous")
@@ -106,7 +107,7 @@ def store_mla_kv(kv_buffer: torch.Tensor, loc: torch.Tensor, kv_latent: torch.Te
     kv_buffer: [slots, 1, kv_lora_rank + rope_dim] contiguous; loc: [T];
     kv_latent: [T, kv_lora_rank] or [T, 1, kv_lora_rank]; k_rope: [T, rope_dim] or [T, 1, rope_dim].
     """
-    _check_loc(loc)
+    check_loc(loc)
     if kv_buffer.dim() != 3 or kv_buffer.shape[1] != 1 or not kv_buffer.is_contiguous():
         raise ValueError(f"store_mla_kv: kv_buffer must be contiguous [slots, 1, width], got {tuple(kv_buffer.shape)}")
     if len({kv_buffer.device, kv_latent.device, k_rope.device, loc.device}) != 1:

@@ -15,7 +15,9 @@ One program handles one block of up to 8 heads of one token (q's blocks, then k'
 decode step's few tokens still spread over several SMs. q and k may be strided views (e.g.
 split from a fused qkv projection) as long as each head's features are contiguous.
 `rotary_and_store_kv` also writes the rotated k and v into the paged KV pool at the tokens'
-slots in the same launch (what `kv_store.store_kv` would do after `apply_rotary`).
+slots in the same launch (what `kv_store.store_kv` would do after `apply_rotary`), and
+`rotary_and_store_mla_kv` the rotated rope key and the compressed KV into an MLA latent pool's
+two column ranges (what `kv_store.store_mla_kv` would do).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lmlang.kernels.kv_store import check_store_kv
+from lmlang.kernels.kv_store import check_loc, check_store_kv
 from lmlang.kernels.launch import launch, next_power_of_2, pdl_launch_dependents, pdl_wait
 from lmlang.kernels.rounding import round_to
 
@@ -228,6 +230,44 @@ def rotary_and_store_kv(
     if v.stride(2) != 1:
         raise ValueError("rotary_and_store_kv: v's head features must be contiguous (stride 1 in the last dim)")
     return _launch(q, k, positions, cos_sin_cache, is_neox, inplace, (v, k_buffer, v_buffer, loc))
+
+
+def rotary_and_store_mla_kv(
+    q_rope: torch.Tensor,
+    k_rope: torch.Tensor,
+    kv_latent: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    kv_buffer: torch.Tensor,
+    loc: torch.Tensor,
+    *,
+    is_neox: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`apply_rotary(q_rope, k_rope, ...)` and `kv_store.store_mla_kv(kv_buffer, loc, kv_latent,
+    rotated k_rope)` in one launch, for an MLA layer's latent pool.
+
+    q_rope: [T, H, rope_dim]; k_rope: [T, 1, rope_dim] (strided tokens allowed); kv_latent:
+    [T, kv_lora_rank] or [T, 1, kv_lora_rank] with contiguous rows; kv_buffer: contiguous
+    [slots, 1, kv_lora_rank + rope_dim]. Returns the rotated (q_rope, k_rope) as `apply_rotary` does.
+    """
+    if kv_buffer.dim() != 3 or kv_buffer.shape[1] != 1 or not kv_buffer.is_contiguous():
+        raise ValueError(
+            f"rotary_and_store_mla_kv: kv_buffer must be contiguous [slots, 1, width], got {tuple(kv_buffer.shape)}"
+        )
+    rank = kv_latent.shape[-1]
+    if k_rope.dim() != 3 or k_rope.shape[1] != 1 or rank + k_rope.shape[2] != kv_buffer.shape[2]:
+        raise ValueError(
+            f"rotary_and_store_mla_kv: k_rope {tuple(k_rope.shape)} must be [T, 1, rope_dim] with kv_lora_rank "
+            f"{rank} + rope_dim = buffer width {kv_buffer.shape[2]}"
+        )
+    latent = kv_latent.reshape(kv_latent.shape[0], 1, rank)  # [T, 1, R]
+    if latent.stride(2) != 1:
+        raise ValueError("rotary_and_store_mla_kv: kv_latent's rows must be contiguous")
+    check_loc(loc)
+    if latent.shape[0] != loc.shape[0] or len({kv_buffer.device, latent.device, loc.device}) != 1:
+        raise ValueError("rotary_and_store_mla_kv: kv_latent and loc must have one row per token, on kv_buffer's device")
+    return _launch(q_rope, k_rope, positions, cos_sin_cache, is_neox, False,
+                   (latent, kv_buffer[:, :, rank:], kv_buffer[:, :, :rank], loc))
 
 
 def ref_apply_rotary(

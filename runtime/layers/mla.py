@@ -22,6 +22,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from lmlang.runtime.attention.base import rotate_and_store_mla
 from lmlang.runtime.attention.mla import mla_absorbed, mla_expanded
 from lmlang.runtime.forward_batch import ForwardBatch
 from lmlang.runtime.layers.linear import Linear
@@ -108,9 +109,15 @@ class MLAAttention(nn.Module):
         q_nope, q_rope = q.split([s.qk_nope_head_dim, s.qk_rope_head_dim], dim=-1)
         latent, k_rope = self.kv_a_proj_with_mqa(hidden).split([s.kv_lora_rank, s.qk_rope_head_dim], dim=-1)
         latent = self.kv_a_layernorm(latent)  # [n, R]
-        q_rope, k_rope = self.rotary_emb(positions, q_rope, k_rope.unsqueeze(1))  # [n, H, P], [n, 1, P]
         kv_buffer = batch.kv_pool.kv_buffer[self.layer_id]
-        batch.kv_pool.store(self.layer_id, batch.out_cache_loc, latent, k_rope)
+        k_rope = k_rope.unsqueeze(1)  # [n, 1, P]
+        rotated_q_rope = rotate_and_store_mla(q_rope, k_rope, latent, kv_buffer, batch.out_cache_loc, self.rotary_emb,
+                                              positions)
+        if rotated_q_rope is not None:
+            q_rope = rotated_q_rope  # [n, H, P]
+        else:
+            q_rope, k_rope = self.rotary_emb(positions, q_rope, k_rope)  # [n, H, P], [n, 1, P]
+            batch.kv_pool.store(self.layer_id, batch.out_cache_loc, latent, k_rope)
         if absorbed is None:
             absorbed = batch.mode.is_decode
         if absorbed:

@@ -4,8 +4,8 @@ rotary fused with the KV-pool store against rotating and then storing."""
 import pytest
 import torch
 
-from lmlang.kernels.kv_store import ref_store_kv
-from lmlang.kernels.rotary import apply_rotary, ref_apply_rotary, rotary_and_store_kv
+from lmlang.kernels.kv_store import ref_store_kv, ref_store_mla_kv
+from lmlang.kernels.rotary import apply_rotary, ref_apply_rotary, rotary_and_store_kv, rotary_and_store_mla_kv
 
 
 def _cache(max_pos: int, rotary_dim: int, base: float = 10000.0) -> torch.Tensor:
@@ -126,3 +126,49 @@ def test_rotary_and_store_kv_rejects_mismatched_pool():
         rotary_and_store_kv(q, k, v[:1], pos, cache, buf, buf.clone(), loc)
     with pytest.raises(ValueError, match="positions"):
         rotary_and_store_kv(q, k, v, pos[:1], cache, buf, buf.clone(), loc)
+
+
+MLA_CASES = [
+    # device, dtype, tokens, heads, kv_lora_rank, rope_dim
+    pytest.param("cpu", torch.float32, 3, 4, 32, 16, id="cpu"),
+    pytest.param("cpu", torch.bfloat16, 2, 3, 24, 8, id="cpu-bf16-odd-rank"),
+    pytest.param("cuda", torch.bfloat16, 5, 16, 512, 64, id="gpu-v2-lite", marks=pytest.mark.gpu),
+    pytest.param("cuda", torch.bfloat16, 130, 128, 512, 64, id="gpu-v3-prefill", marks=pytest.mark.gpu),
+]
+
+
+@pytest.mark.parametrize("device,dtype,tokens,heads,rank,rope", MLA_CASES)
+def test_rotary_and_store_mla_kv_matches_rotate_then_store(device, dtype, tokens, heads, rank, rope):
+    """The MLA layer's layout: q_rope split from q, k_rope and the latent from one projection."""
+    g = torch.Generator().manual_seed(4)
+    slots = 3 * tokens + 5
+    cache = _cache(4096, rope).to(device)
+    q = torch.randn(tokens, heads, 2 * rope, generator=g).to(device, dtype)
+    q_rope = q[..., rope:]  # [T, H, P], strided
+    kv_a = torch.randn(tokens, rank + rope, generator=g).to(device, dtype)
+    latent, k_rope = kv_a[:, :rank].contiguous(), kv_a[:, rank:].unsqueeze(1)  # [T, R], [T, 1, P]
+    positions = torch.randint(0, 4096, (tokens,), generator=g).to(device)
+    loc = torch.randperm(slots, generator=g)[:tokens].to(device)
+    ref_q, ref_k = ref_apply_rotary(q_rope, k_rope, positions, cache, is_neox=False)
+    ref_buf = torch.zeros(slots, 1, rank + rope, dtype=dtype, device=device)
+    ref_store_mla_kv(ref_buf, loc, latent, ref_k)
+    buf = torch.zeros_like(ref_buf)
+
+    out_q, out_k = rotary_and_store_mla_kv(q_rope, k_rope, latent, positions, cache, buf, loc, is_neox=False)
+    torch.testing.assert_close(out_q, ref_q, **_tol(dtype))
+    assert torch.equal(buf[loc, 0, rank:], out_k[:, 0].to(dtype))  # the pool holds the returned rotated key
+    torch.testing.assert_close(buf.float(), ref_buf.float(), **_tol(dtype))
+    untouched = torch.ones(slots, dtype=torch.bool, device=device)
+    untouched[loc] = False
+    assert not buf[untouched].float().any()
+
+
+def test_rotary_and_store_mla_kv_rejects_mismatched_pool():
+    q, k, latent = torch.randn(2, 2, 8), torch.randn(2, 1, 8), torch.randn(2, 16)
+    pos, loc, cache = torch.tensor([0, 1]), torch.tensor([3, 4]), _cache(4, 8)
+    with pytest.raises(ValueError, match="buffer width"):
+        rotary_and_store_mla_kv(q, k, latent, pos, cache, torch.zeros(6, 1, 20), loc)
+    with pytest.raises(ValueError, match="contiguous"):
+        rotary_and_store_mla_kv(q, k, latent, pos, cache, torch.zeros(6, 1, 48)[:, :, :24], loc)
+    with pytest.raises(ValueError, match="loc"):
+        rotary_and_store_mla_kv(q, k, latent, pos, cache, torch.zeros(6, 1, 24), loc[:1])
