@@ -4,9 +4,9 @@
 
 Shapes are Llama-3.1-8B's (hidden 4096, 32/8 heads of 128, MLP 14336, vocab 128256) and
 DeepSeek-V3's (hidden 7168, 128 heads, MLA latent 512 + rope 64, 256 experts top-8 of width
-2048, FP8 128x128 blocks), DeepSeek-V2-Lite's experts (64, top-6, hidden 2048, width 1408), and
-speculative-decoding trees of 8-64 draft tokens over 2-4k
-prefixes. Each row gives the kernel's and the reference's median time, and the kernel's rate
+2048, FP8 128x128 blocks), DeepSeek-V2-Lite's experts (64, top-6, hidden 2048, width 1408), the MoE
+routers of both (`--only moe_routing`), and speculative-decoding trees of 8-64 draft tokens over
+2-4k prefixes. Each row gives the kernel's and the reference's median time, and the kernel's rate
 against a physical limit measured in the same run: copy bandwidth (a large device-to-device
 copy) for memory-bound kernels, the bf16 / fp8 dense matmul rate (torch at 8192^3) for GEMMs
 and attention. Prints a table and writes everything as JSON to `--out`.
@@ -32,8 +32,10 @@ import torch
 from triton.testing import do_bench
 
 from lmlang.kernels import (
-    activation, bitmask, decode_attention, fp8, fused_moe, kv_store, mla_decode, rmsnorm, rotary, tree_attention,
+    activation, bitmask, decode_attention, fp8, fused_moe, kv_store, mla_decode, moe_routing, rmsnorm, rotary,
+    tree_attention,
 )
+from lmlang.runtime.layers.moe import RoutingConfig, select_experts
 
 DEV = "cuda"
 BF16 = torch.bfloat16
@@ -275,6 +277,40 @@ def moe_cases() -> list[Case]:
     return out
 
 
+# MoE routers: (name, routing, hidden size); the gate weight is float32 (`logits_in_fp32`)
+ROUTER_MODELS = (
+    ("dsv2-lite", RoutingConfig(64, 6, logits_in_fp32=True), 2048),
+    ("dsv3", RoutingConfig(256, 8, "sigmoid", num_groups=8, topk_groups=4, group_score="top2_sum", norm_topk_prob=True,
+                           routed_scaling_factor=2.5, correction_bias=True, logits_in_fp32=True), 7168),
+)
+ROUTER_TOKENS = (1, 16, 32, 512)
+
+
+def moe_routing_cases() -> list[Case]:
+    """The MoE router at V2-Lite / V3 shapes: ours (`router_logits` + `fused_topk`, two launches;
+    F.linear for the logits above `ROUTER_LOGITS_MAX_TOKENS` rows) as "kernel", the torch sequence
+    `TopKRouter` ran before (F.linear on `hidden.float()`, then `select_experts`) as "ref". Rows
+    "graph": both replayed from CUDA graphs (GPU time, as in decode); rows "eager": both launched
+    one op at a time (plus host time). Bytes: the float32 gate weight and the hidden states."""
+    out = []
+    for model, cfg, h in ROUTER_MODELS:
+        weight = _rand(cfg.num_experts, h, dtype=torch.float32, scale=h**-0.5)
+        bias = _rand(cfg.num_experts, dtype=torch.float32, scale=0.1) if cfg.correction_bias else None
+        for m in ROUTER_TOKENS:
+            x = _rand(m, h)
+
+            def ours(x=x, w=weight, cfg=cfg, b=bias):
+                return moe_routing.fused_topk(moe_routing.router_logits(x, w), cfg, b)
+
+            def torch_router(x=x, w=weight, cfg=cfg, b=bias):
+                return select_experts(torch.nn.functional.linear(x.float(), w), cfg, b)
+
+            cost = dict(bytes_moved=cfg.num_experts * h * 4 + m * h * 2)
+            out.append(Case("moe_routing", f"{model} M={m} graph", _graphed(ours), _graphed(torch_router), **cost))
+            out.append(Case("moe_routing", f"{model} M={m} eager", ours, torch_router, **cost))
+    return out
+
+
 def _csr(lens: list[int], slots: int):
     """(indptr int32 [B + 1], scattered slot indices [sum(lens)]) for contexts of these lengths."""
     indptr = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device=DEV)
@@ -426,8 +462,8 @@ def decode_attention_cases() -> list[Case]:
 
 
 GROUPS = (
-    norm_cases, rotary_cases, activation_cases, kv_store_cases, bitmask_cases, fp8_cases, moe_cases, attention_cases,
-    decode_attention_cases,
+    norm_cases, rotary_cases, activation_cases, kv_store_cases, bitmask_cases, fp8_cases, moe_cases, moe_routing_cases,
+    attention_cases, decode_attention_cases,
 )
 
 

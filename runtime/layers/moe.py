@@ -9,7 +9,8 @@ Routing (`RoutingConfig`, `select_experts`) covers the released families:
   the `topk_group` groups whose two best biased scores sum highest, but weighted by the unbiased
   score; renormalised (`norm_topk_prob`), then times `routed_scaling_factor`.
 Weights are float32 throughout (Qwen3-MoE in transformers rounds them to the model dtype; in
-float32 the two agree).
+float32 the two agree). On CUDA `TopKRouter` runs the rule as two kernels (router logits, then
+the whole selection per token: `lmlang.kernels.moe_routing`), which give int32 expert ids.
 
 `FusedMoE` holds all experts' weights stacked (`w13_weight` [E, 2I, H]: gate rows then up rows;
 `w2_weight` [E, H, I]) so that one grouped GEMM per projection serves every expert. On CUDA it runs
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlang.runtime.layers.dispatch import use_kernels
 from lmlang.runtime.layers.linear import default_weight_loader, new_parameter
 from lmlang.runtime.models.weight_mapping import StackedParam
 
@@ -112,6 +114,14 @@ class TopKRouter(nn.Module):
         self.e_score_correction_bias = _float32_parameter((cfg.num_experts,)) if cfg.correction_bias else None
 
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # [n, hidden] -> 2 x [n, top_k]
+        """Weights [n, top_k] float32 and expert ids [n, top_k]: int32 from the kernels (CUDA: two
+        launches, `lmlang.kernels.moe_routing`), int64 from the torch code; the experts take either."""
+        if use_kernels(hidden):
+            from lmlang.kernels import moe_routing
+
+            if moe_routing.fused_topk_unsupported(self.cfg) is None:
+                logits = moe_routing.router_logits(hidden, self.weight)  # [n, E] float32
+                return moe_routing.fused_topk(logits, self.cfg, self.e_score_correction_bias)
         logits = F.linear(hidden.float() if self.cfg.logits_in_fp32 else hidden, self.weight)  # [n, E]
         return select_experts(logits, self.cfg, self.e_score_correction_bias)
 
