@@ -106,7 +106,7 @@ def mla_decode_kernel(
     offs_h = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     split = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
-    start, lo, hi = split_range(kv_indptr_ptr, b, split, NUM_SPLITS)  # host-written: before the wait
+    start, lo, hi = split_range(kv_indptr_ptr, b, split, NUM_SPLITS, BLOCK_N)  # host-written: before the wait
     pdl_wait(USE_PDL)  # q and the new token's latent row come from the kernels before
     h_mask = offs_h < num_heads
     offs_r = tl.arange(0, BLOCK_R)

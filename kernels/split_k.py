@@ -9,7 +9,8 @@ lengths, so a launch can be captured in a CUDA graph and replayed with other len
 merges inside its own launch (the last program of a group to finish) calls `merge_split_rows`.
 
 Partials live in float32 buffers `mid_out` `[B, H, NUM_SPLITS, DV]` and `mid_lse`
-`[B, H, NUM_SPLITS]`; an empty split has log-sum-exp -inf and contributes nothing. Kernels that
+`[B, H, NUM_SPLITS]`; an empty split has log-sum-exp -inf, writes no output and contributes
+nothing (its output row is never read). Kernels that
 call the `@triton.jit` helpers must import them by name (`launch` interprets the JIT functions it
 finds in the kernel's module on CPU).
 """
@@ -27,11 +28,14 @@ MERGE_CHUNK = 16  # splits summed per step of a merge (bounds its registers)
 
 
 @triton.jit
-def split_range(kv_indptr_ptr, b, split, NUM_SPLITS: tl.constexpr):
-    """(start, lo, hi): request b's context starts at kv_indices[start]; this split walks [lo, hi)."""
+def split_range(kv_indptr_ptr, b, split, NUM_SPLITS: tl.constexpr, MIN_LEN: tl.constexpr = 1):
+    """(start, lo, hi): request b's context starts at kv_indices[start]; this split walks [lo, hi).
+    Splits are at least MIN_LEN rows long, so a short context fills the first few splits and
+    leaves the rest empty (nothing to read, nothing to merge) instead of spreading a few rows
+    over every split."""
     start = tl.load(kv_indptr_ptr + b)
     seq_len = tl.load(kv_indptr_ptr + b + 1) - start
-    split_len = tl.cdiv(seq_len, NUM_SPLITS)
+    split_len = tl.maximum(tl.cdiv(seq_len, NUM_SPLITS), MIN_LEN)
     lo = split * split_len
     hi = tl.minimum(lo + split_len, seq_len)
     return start, lo, hi
@@ -54,13 +58,14 @@ def store_split_partial(
     mid_out_ptr, mid_lse_ptr, acc, m_i, l_i, b, heads, head_mask, split, num_heads, offs_dv,
     DV: tl.constexpr, NUM_SPLITS: tl.constexpr,
 ):
-    """Writes the normalized partial output and log-sum-exp of `heads` for this split."""
+    """Writes the log-sum-exp of `heads` for this split and, where the split saw any row, the
+    normalized partial output (an empty split's output is never read: see `merge_split_rows`)."""
     nonempty = l_i > 0
     out = acc / tl.where(nonempty, l_i, 1.0)[:, None]
     lse = tl.where(nonempty, m_i + tl.log(tl.where(nonempty, l_i, 1.0)), float("-inf"))
     mid = (b * num_heads + heads) * NUM_SPLITS + split  # row of (b, h, split)
     tl.store(mid_out_ptr + mid[:, None] * DV + offs_dv[None, :], out,
-             mask=head_mask[:, None] & (offs_dv[None, :] < DV))
+             mask=(head_mask & nonempty)[:, None] & (offs_dv[None, :] < DV))
     tl.store(mid_lse_ptr + mid, lse, mask=head_mask)
 
 
@@ -86,9 +91,10 @@ def merge_split_rows(
         mask = row_mask[:, None] & (s[None, :] < NUM_SPLITS)  # [R, CHUNK]
         mid = rows[:, None] * NUM_SPLITS + s[None, :]
         lse_c = tl.load(mid_lse_ptr + mid, mask=mask, other=float("-inf"), cache_modifier=".cg")
-        w = tl.where(lse_c > float("-inf"), tl.exp(lse_c - m[:, None]), 0.0)
+        filled = lse_c > float("-inf")  # empty splits wrote no output: not read
+        w = tl.where(filled, tl.exp(lse_c - m[:, None]), 0.0)
         parts = tl.load(mid_out_ptr + mid[:, :, None] * DV + offs_dv[None, None, :],
-                        mask=mask[:, :, None] & (offs_dv[None, None, :] < DV), other=0.0,
+                        mask=(mask & filled)[:, :, None] & (offs_dv[None, None, :] < DV), other=0.0,
                         cache_modifier=".cg")  # [R, CHUNK, BLOCK_DV]
         acc += tl.sum(parts * w[:, :, None], axis=1)
     return acc / tl.where(total > 0, total, 1.0)[:, None]

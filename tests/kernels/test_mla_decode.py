@@ -13,6 +13,8 @@ CASES = [
     pytest.param("cpu", torch.float32, [5, 40, 1], 3, 32, 16, 2, None, id="cpu-fp32"),
     pytest.param("cpu", torch.bfloat16, [70, 0, 9], 20, 64, 16, 3, None, id="cpu-bf16-empty-context"),
     pytest.param("cpu", torch.float32, [33, 2], 40, 32, 16, None, WIDE, id="cpu-default-splits-two-head-blocks"),
+    pytest.param("cpu", torch.float32, [20, 300], 4, 32, 16, 8, MLADecodeConfig(16, 16),
+                 id="cpu-short-context-leaves-splits-empty"),
     pytest.param("cuda", torch.bfloat16, [1, 517, 4096, 33], 128, 512, 64, 8, None, id="gpu-deepseek-v3",
                  marks=pytest.mark.gpu),
     pytest.param("cuda", torch.bfloat16, [8192] * 32, 16, 512, 64, 4, None, id="gpu-tp8-batch32",
