@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 from lmlang.kernels.fp8_gemm import Fp8GemmConfig, fp8_block_gemm, ref_fp8_block_gemm  # noqa: F401 (re-exported)
-from lmlang.kernels.launch import launch
+from lmlang.kernels.launch import launch, pdl_launch_dependents, pdl_wait
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -48,6 +48,16 @@ def _round_to_e4m3(x):
 
 
 @triton.jit
+def _quantize_groups(x, eps, ROUND_IN_FP32: tl.constexpr):
+    """float32 groups [G, GROUP] -> (e4m3 values still in float32 [G, GROUP], scales [G])."""
+    scale = tl.maximum(tl.max(tl.abs(x), axis=1), eps) * (1.0 / 448.0)  # one IEEE multiply everywhere
+    q = tl.clamp(tl.div_rn(x, scale[:, None]), -448.0, 448.0)  # `/` would be div.full.f32 on the GPU
+    if ROUND_IN_FP32:
+        q = _round_to_e4m3(q)
+    return q, scale
+
+
+@triton.jit
 def per_token_group_quant_fp8_kernel(
     x_ptr,  # [num_groups * GROUP] contiguous, group g = x[g * GROUP : (g + 1) * GROUP]
     q_ptr,  # [num_out_groups * GROUP] fp8 (groups past num_groups: padding rows, written as zeros)
@@ -61,15 +71,15 @@ def per_token_group_quant_fp8_kernel(
     GROUP: tl.constexpr,
     BLOCK_G: tl.constexpr,  # groups per program
     ROUND_IN_FP32: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_launch_dependents(USE_PDL)
     offs_g = tl.program_id(0).to(tl.int64) * BLOCK_G + tl.arange(0, BLOCK_G)
     offs = offs_g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    pdl_wait(USE_PDL)  # x comes from the kernel before
     # padding groups read as zeros: their q is 0 and their scale eps / 448
     x = tl.load(x_ptr + offs, mask=offs_g[:, None] < num_groups, other=0.0).to(tl.float32)
-    scale = tl.maximum(tl.max(tl.abs(x), axis=1), eps) * (1.0 / 448.0)  # one IEEE multiply everywhere
-    q = tl.clamp(tl.div_rn(x, scale[:, None]), -448.0, 448.0)  # `/` would be div.full.f32 on the GPU
-    if ROUND_IN_FP32:
-        q = _round_to_e4m3(q)
+    q, scale = _quantize_groups(x, eps, ROUND_IN_FP32)
     tl.store(q_ptr + offs, q.to(q_ptr.dtype.element_ty), mask=offs_g[:, None] < num_out_groups)
     scale_offs = (offs_g // groups_per_row) * stride_scale_row + (offs_g % groups_per_row) * stride_scale_group
     tl.store(scale_ptr + scale_offs, scale, mask=offs_g < num_out_groups)
@@ -125,7 +135,66 @@ def per_token_group_quant_fp8(
     launch(
         per_token_group_quant_fp8_kernel, (triton.cdiv(num_out_groups, block_g),), x, q, scales,
         rows * groups_per_row, num_out_groups, groups_per_row, stride_row, stride_group, eps,
-        GROUP=group_size, BLOCK_G=block_g, ROUND_IN_FP32=x.device.type == "cpu", num_warps=4,
+        GROUP=group_size, BLOCK_G=block_g, ROUND_IN_FP32=x.device.type == "cpu", num_warps=4, pdl=True,
+    )
+    return q, scales
+
+
+@triton.jit
+def silu_and_mul_quant_fp8_kernel(
+    x_ptr,  # [rows, 2 * d]: gate then up, rows `x_row_stride` apart
+    q_ptr,  # [rows, d] fp8
+    scale_ptr,  # [rows, d / GROUP] float32
+    rows, d, x_row_stride, eps,
+    GROUP: tl.constexpr,
+    BLOCK_G: tl.constexpr,  # groups per program, all of one row
+    ROUND_IN_FP32: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):
+    pdl_launch_dependents(USE_PDL)
+    row = tl.program_id(0).to(tl.int64)
+    groups_per_row = d // GROUP
+    offs_g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
+    cols = offs_g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]  # [BLOCK_G, GROUP]
+    mask = offs_g[:, None] < groups_per_row
+    pdl_wait(USE_PDL)  # x comes from the kernel before
+    gate = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(x_ptr + row * x_row_stride + d + cols, mask=mask, other=0.0)
+    # as silu_and_mul rounds: silu in float32, rounded to x's dtype, times up, rounded again
+    act = (gate * tl.sigmoid(gate)).to(x_ptr.dtype.element_ty).to(tl.float32) * up.to(tl.float32)
+    q, scale = _quantize_groups(act.to(x_ptr.dtype.element_ty).to(tl.float32), eps, ROUND_IN_FP32)
+    tl.store(q_ptr + row * d + cols, q.to(q_ptr.dtype.element_ty), mask=mask)
+    tl.store(scale_ptr + row * groups_per_row + offs_g, scale, mask=offs_g < groups_per_row)
+
+
+def silu_and_mul_quant_fp8(
+    x: torch.Tensor, group_size: int = 128, eps: float = 1e-10
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`per_token_group_quant_fp8(activation.silu_and_mul(x), group_size, eps)` in one launch.
+
+    x: [rows, 2 * d] (rows may be strided, the last dim contiguous), d a multiple of group_size.
+    Returns (q [rows, d] float8_e4m3fn, scales [rows, d / group_size] float32), bit for bit what
+    the two kernels give (the activation is rounded to x's dtype before it is quantized).
+    """
+    if x.dtype not in _IN_DTYPES:
+        raise ValueError(f"silu_and_mul_quant_fp8: dtype {x.dtype} not supported; use one of {_IN_DTYPES}")
+    if x.dim() != 2 or x.shape[1] % (2 * group_size) or x.stride(1) != 1:
+        raise ValueError(
+            f"silu_and_mul_quant_fp8: x must be [rows, 2 * d] with d a multiple of {group_size} and contiguous "
+            f"rows, got {tuple(x.shape)}"
+        )
+    if group_size & (group_size - 1):
+        raise ValueError(f"silu_and_mul_quant_fp8: group_size {group_size} must be a power of two")
+    rows, d = x.shape[0], x.shape[1] // 2
+    q = torch.empty(rows, d, dtype=FP8_DTYPE, device=x.device)
+    scales = torch.empty(rows, d // group_size, dtype=torch.float32, device=x.device)
+    if rows == 0:
+        return q, scales
+    block_g = min(8, triton.next_power_of_2(d // group_size))
+    launch(
+        silu_and_mul_quant_fp8_kernel, (rows, triton.cdiv(d // group_size, block_g)), x, q, scales,
+        rows, d, x.stride(0), eps, GROUP=group_size, BLOCK_G=block_g, ROUND_IN_FP32=x.device.type == "cpu",
+        num_warps=4, pdl=True,
     )
     return q, scales
 

@@ -8,9 +8,11 @@ Data path of `fused_experts` for M tokens, each routed to top_k experts:
 2. `fused_moe_kernel` on w13 ([E, 2I, H]): for each block, `hidden[t] @ w13[e]^T` -> [M * top_k, 2I].
 3. `silu_and_mul` -> [M * top_k, I].
 4. `fused_moe_kernel` on w2 ([E, H, I]), times the routing weight -> [M * top_k, H].
-5. sum over the top_k slots -> [M, H].
+5. `moe_sum`: the sum over the top_k slots (plus an optional residual, e.g. the shared experts'
+   output) -> [M, H].
 With `use_fp8`, the weights are fp8 with 128 x 128 block scales and each GEMM's input is
-quantized per 1 x 128 group first (W8A8, as DeepSeek-V3's checkpoints are served).
+quantized per 1 x 128 group first (W8A8, as DeepSeek-V3's checkpoints are served); the second
+one's quantization runs inside the SiLU-and-mul launch (`fp8.silu_and_mul_quant_fp8`).
 All shapes stay on the device: no host sync, so the path can be captured in a CUDA graph.
 """
 
@@ -24,14 +26,16 @@ import triton
 import triton.language as tl
 
 from lmlang.kernels.activation import silu_and_mul
-from lmlang.kernels.fp8 import FP8_DTYPE, dequant_weight_block_fp8, per_token_group_quant_fp8
-from lmlang.kernels.launch import dot_needs_fp32, launch
+from lmlang.kernels.fp8 import FP8_DTYPE, dequant_weight_block_fp8, per_token_group_quant_fp8, silu_and_mul_quant_fp8
+from lmlang.kernels.launch import dot_needs_fp32, launch, pdl_launch_dependents, pdl_wait
 from lmlang.kernels.moe_align import moe_align_block_size
 from lmlang.kernels.moe_config import FusedMoEConfig, get_fused_moe_config
+from lmlang.kernels.rounding import round_to
 from lmlang.kernels.tiling import grouped_tile
 
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-__all__ = ["fused_experts", "fused_moe_gemm", "fused_moe_kernel", "moe_align_block_size", "ref_fused_experts"]
+__all__ = ["fused_experts", "fused_moe_gemm", "fused_moe_kernel", "moe_align_block_size", "moe_sum", "ref_fused_experts",
+           "ref_moe_sum"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,11 +61,14 @@ def fused_moe_kernel(
     TOP_K: tl.constexpr, MUL_ROUTED_WEIGHT: tl.constexpr, USE_FP8: tl.constexpr,
     IEEE_FP32: tl.constexpr,  # fp32 inputs: exact products, not tf32
     DOT_IN_FP32: tl.constexpr,  # see launch.dot_needs_fp32
+    USE_PDL: tl.constexpr,
 ):
+    pdl_launch_dependents(USE_PDL)
     pid = tl.program_id(0)
     num_m = tl.cdiv(num_sorted, BLOCK_SIZE_M)
     num_n = tl.cdiv(N, BLOCK_SIZE_N)
     pid_m, pid_n = grouped_tile(pid, num_m, num_n, GROUP_SIZE_M)
+    pdl_wait(USE_PDL)  # the alignment, the routing weights and the input come from the kernels before
     if pid_m * BLOCK_SIZE_M >= tl.load(num_post_padded_ptr):
         return
 
@@ -142,7 +149,7 @@ def fused_moe_gemm(
         BLOCK_SIZE_M=config.BLOCK_SIZE_M, BLOCK_SIZE_N=config.BLOCK_SIZE_N, BLOCK_SIZE_K=config.BLOCK_SIZE_K,
         GROUP_SIZE_M=config.GROUP_SIZE_M, TOP_K=top_k, MUL_ROUTED_WEIGHT=topk_weights is not None,
         USE_FP8=use_fp8, IEEE_FP32=a.dtype == torch.float32, DOT_IN_FP32=dot_needs_fp32(a),
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        num_warps=config.num_warps, num_stages=config.num_stages, pdl=True,
     )
 
 
@@ -191,8 +198,10 @@ def fused_experts(
     w2_scale: Optional[torch.Tensor] = None,
     block_shape: tuple[int, int] = (128, 128),
     config: Optional[FusedMoEConfig] = None,
+    residual: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """`sum_j topk_weights[t, j] * w2[e] @ silu_and_mul(w13[e] @ hidden[t])`, e = topk_ids[t, j].
+    """`sum_j topk_weights[t, j] * w2[e] @ silu_and_mul(w13[e] @ hidden[t])`, e = topk_ids[t, j]
+    (`+ residual[t]` when given, e.g. the shared experts' output: added in the same launch as the sum).
 
     hidden: [M, H] bf16/fp16/fp32; w13: [E, 2I, H] (gate rows then up rows); w2: [E, H, I];
     topk_weights: [M, top_k] float; topk_ids: [M, top_k] int in [0, E). With `use_fp8`, w13/w2
@@ -205,6 +214,8 @@ def fused_experts(
     top_k = topk_ids.shape[1]
     if m == 0:
         return hidden.new_empty(0, h)
+    if residual is not None and (residual.shape != hidden.shape or residual.dtype != hidden.dtype):
+        raise ValueError(f"fused_experts: residual must match hidden {tuple(hidden.shape)} {hidden.dtype}")
     if config is None:
         dtype_name = "fp8_w8a8" if use_fp8 else _DTYPE_NAMES[hidden.dtype]
         config = get_fused_moe_config(m, e, two_i, h, dtype_name, _device_name(hidden.device))
@@ -214,12 +225,61 @@ def fused_experts(
     a, a_scale = per_token_group_quant_fp8(hidden, block_shape[1]) if use_fp8 else (hidden, None)
     fused_moe_gemm(a, w13, gate_up, None, sorted_ids, expert_ids, num_post, top_k, config,
                    a_scale, w13_scale, block_shape)
-    act = silu_and_mul(gate_up)  # [M * top_k, I]
+    if use_fp8:
+        a, a_scale = silu_and_mul_quant_fp8(gate_up, block_shape[1])  # [M * top_k, I] fp8
+    else:
+        a, a_scale = silu_and_mul(gate_up), None  # [M * top_k, I]
     down = torch.empty(m, top_k, h, dtype=hidden.dtype, device=hidden.device)
-    a, a_scale = per_token_group_quant_fp8(act, block_shape[1]) if use_fp8 else (act, None)
     fused_moe_gemm(a, w2, down.view(m * top_k, h), topk_weights.flatten(), sorted_ids, expert_ids, num_post, 1,
                    config, a_scale, w2_scale, block_shape)
-    return down.sum(dim=1)
+    return moe_sum(down, residual)
+
+
+@triton.jit
+def moe_sum_kernel(
+    x_ptr,  # [M, TOP_K, H] contiguous
+    residual_ptr,  # [M, H] contiguous (HAS_RESIDUAL)
+    out_ptr,  # [M, H]
+    h,
+    TOP_K: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
+):
+    pdl_launch_dependents(USE_PDL)
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < h
+    pdl_wait(USE_PDL)
+    acc = tl.zeros([BLOCK], tl.float32)
+    for j in tl.static_range(TOP_K):  # slot order, float32: as torch's sum over dim 1
+        acc += tl.load(x_ptr + (row * TOP_K + j) * h + offs, mask=mask, other=0.0).to(tl.float32)
+    out = round_to(acc, out_ptr.dtype.element_ty)
+    if HAS_RESIDUAL:  # rounded once more, as `sum + residual` in torch
+        r = tl.load(residual_ptr + row * h + offs, mask=mask, other=0.0)
+        out = round_to(out + r.to(tl.float32), out_ptr.dtype.element_ty)
+    tl.store(out_ptr + row * h + offs, out.to(out_ptr.dtype.element_ty), mask=mask)  # exact: already rounded
+
+
+_SUM_BLOCK = 1024
+
+
+def moe_sum(x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`x.sum(dim=1) (+ residual)`: the top-k slots of each token summed ([M, top_k, H] -> [M, H]),
+    plus e.g. the shared experts' output ([M, H]), in one launch."""
+    if x.dim() != 3 or not x.is_contiguous():
+        raise ValueError(f"moe_sum: x must be a contiguous [M, top_k, H], got {tuple(x.shape)}")
+    m, top_k, h = x.shape
+    if residual is not None and (residual.shape != (m, h) or residual.dtype != x.dtype or not residual.is_contiguous()):
+        raise ValueError(f"moe_sum: residual must be a contiguous [{m}, {h}] {x.dtype}, got {tuple(residual.shape)}")
+    out = torch.empty(m, h, dtype=x.dtype, device=x.device)
+    if m:
+        launch(moe_sum_kernel, (m, triton.cdiv(h, _SUM_BLOCK)), x, residual if residual is not None else x, out, h,
+               TOP_K=top_k, HAS_RESIDUAL=residual is not None, BLOCK=_SUM_BLOCK, num_warps=4, pdl=True)
+    return out
+
+
+def ref_moe_sum(x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Torch reference for `moe_sum`."""
+    out = x.sum(dim=1)
+    return out + residual if residual is not None else out
 
 
 def ref_fused_experts(

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lmlang.kernels.launch import launch, next_power_of_2
+from lmlang.kernels.launch import launch, next_power_of_2, pdl_launch_dependents, pdl_wait
 
 SMALL_ALIGN_MAX_PAIRS = 512  # up to here one program beats the sort path's dozen launches
 SMALL_ALIGN_MAX_EXPERTS = 1024
@@ -46,7 +46,10 @@ def moe_align_small_kernel(
     EXPERTS: tl.constexpr,  # power of two >= num_experts
     CHUNK: tl.constexpr,  # pairs (and blocks) per step: CHUNK x EXPERTS tiles
     FILL_BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_launch_dependents(USE_PDL)
+    pdl_wait(USE_PDL)  # the routing (topk_ids) comes from the kernel before; outputs may still be read
     experts = tl.arange(0, EXPERTS)
     counts = tl.zeros((EXPERTS,), dtype=tl.int32)
     for first in range(0, num_pairs, CHUNK):
@@ -112,7 +115,7 @@ def moe_align_block_size(
         moe_align_small_kernel, (1,), topk_ids, sorted_ids, expert_ids, num_post,
         n, num_experts, sorted_ids.shape[0], num_blocks,
         BLOCK_SIZE_M=block_size, EXPERTS=experts_pad, CHUNK=max(1, _TILE_ELEMENTS // experts_pad),
-        FILL_BLOCK=_FILL_BLOCK, num_warps=4,
+        FILL_BLOCK=_FILL_BLOCK, num_warps=4, pdl=True,
     )
     return sorted_ids, expert_ids, num_post
 

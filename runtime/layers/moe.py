@@ -152,8 +152,10 @@ def expert_shard_ids(num_experts: int, w13: bool) -> tuple:
 class FusedMoE(nn.Module):
     """All routed experts of one layer, stacked (see the module docstring).
 
-    `forward(hidden [n, H], topk_weights [n, k], topk_ids [n, k]) -> [n, H]` computes
-    `sum_j topk_weights[t, j] * down_e(silu(gate_e(x_t)) * up_e(x_t))` with e = topk_ids[t, j].
+    `forward(hidden [n, H], topk_weights [n, k], topk_ids [n, k], residual=None) -> [n, H]` computes
+    `sum_j topk_weights[t, j] * down_e(silu(gate_e(x_t)) * up_e(x_t))` with e = topk_ids[t, j],
+    plus `residual` ([n, H], e.g. the shared experts' output; on CUDA added by the same kernel
+    that sums the slots).
     """
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
@@ -169,12 +171,17 @@ class FusedMoE(nn.Module):
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Hashable = None) -> None:
         copy_into(expert_slice(param, shard_id, self.intermediate_size), loaded, shard_id)
 
-    def forward(self, hidden: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+        residual: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         if hidden.is_cuda:
             from lmlang.kernels.fused_moe import fused_experts
 
-            return fused_experts(hidden.contiguous(), self.w13_weight, self.w2_weight, topk_weights, topk_ids)
-        return ref_experts(hidden, self.w13_weight, self.w2_weight, topk_weights, topk_ids)
+            return fused_experts(hidden.contiguous(), self.w13_weight, self.w2_weight, topk_weights, topk_ids,
+                                 residual=residual)
+        out = ref_experts(hidden, self.w13_weight, self.w2_weight, topk_weights, topk_ids)
+        return out + residual if residual is not None else out
 
     def extra_repr(self) -> str:
         return f"experts={self.num_experts}, hidden={self.hidden_size}, intermediate={self.intermediate_size}"
@@ -213,10 +220,8 @@ class MoEBlock(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [n, H] -> [n, H]
         topk_weights, topk_ids = self.gate(hidden)
-        out = self.experts(hidden, topk_weights, topk_ids)
-        if self.shared_experts is not None:
-            out = out + self.shared_experts(hidden)
-        return out
+        shared = self.shared_experts(hidden) if self.shared_experts is not None else None
+        return self.experts(hidden, topk_weights, topk_ids, residual=shared)
 
 
 def expert_params(

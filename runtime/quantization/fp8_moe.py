@@ -11,7 +11,7 @@ CUDA graph cannot capture it; the released MoE models all have whole-block width
 
 from __future__ import annotations
 
-from typing import Hashable
+from typing import Hashable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +74,10 @@ class Fp8FusedMoE(nn.Module):
                 scale[e].copy_(scale_inv)
         return layer
 
-    def forward(self, hidden: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+        residual: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         bk = self.block[1]
         if hidden.is_cuda and self.hidden_size % bk == 0 and self.intermediate_size % bk == 0:
             from lmlang.kernels.fused_moe import fused_experts
@@ -82,11 +85,13 @@ class Fp8FusedMoE(nn.Module):
             return fused_experts(
                 hidden.contiguous(), self.w13_weight, self.w2_weight, topk_weights, topk_ids, use_fp8=True,
                 w13_scale=self.w13_weight_scale_inv, w2_scale=self.w2_weight_scale_inv, block_shape=self.block,
+                residual=residual,
             )
-        return ref_fp8_experts(
+        out = ref_fp8_experts(
             hidden, self.w13_weight, self.w13_weight_scale_inv, self.w2_weight, self.w2_weight_scale_inv,
             topk_weights, topk_ids, self.block,
         )
+        return out + residual if residual is not None else out
 
     def extra_repr(self) -> str:
         return (

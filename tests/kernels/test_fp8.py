@@ -19,7 +19,9 @@ from lmlang.kernels.fp8 import (
     quant_weight_block_fp8,
     ref_fp8_block_gemm,
     ref_per_token_group_quant_fp8,
+    silu_and_mul_quant_fp8,
 )
+from lmlang.kernels.activation import silu_and_mul
 
 QUANT_CASES = [
     pytest.param("cpu", torch.float32, (5, 256), id="cpu-fp32"),
@@ -41,6 +43,28 @@ def test_per_token_group_quant_matches_reference_bitwise(device, dtype, shape):
     assert q.shape == x.shape and s.shape == (*shape[:-1], shape[-1] // 128)
     torch.testing.assert_close(s, rs, rtol=1e-6, atol=0)
     assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8))
+
+
+@pytest.mark.parametrize("device,dtype,rows,d", [
+    pytest.param("cpu", torch.bfloat16, 3, 256, id="cpu-bf16"),
+    pytest.param("cpu", torch.float32, 2, 384, id="cpu-fp32-three-groups"),
+    pytest.param("cuda", torch.bfloat16, 6, 1408, id="gpu-v2-lite-experts", marks=pytest.mark.gpu),
+    pytest.param("cuda", torch.bfloat16, 300, 2048, id="gpu-v3-experts", marks=pytest.mark.gpu),
+])
+def test_silu_and_mul_quant_equals_the_two_kernels_bitwise(device, dtype, rows, d):
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(rows, 2 * d, generator=g) * torch.logspace(-3, 1, 2 * d)).to(device, dtype)
+    x_strided = torch.cat([x, x[:, :64]], dim=1)[:, : 2 * d]  # rows strided, as a view of a wider buffer
+    q, s = silu_and_mul_quant_fp8(x_strided)
+    rq, rs = per_token_group_quant_fp8(silu_and_mul(x))
+    assert q.shape == (rows, d) and s.shape == (rows, d // 128)
+    assert torch.equal(s, rs)
+    assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8))
+
+
+def test_silu_and_mul_quant_rejects_widths_off_the_group():
+    with pytest.raises(ValueError, match="multiple of 128"):
+        silu_and_mul_quant_fp8(torch.randn(2, 2 * 200))
 
 
 def test_weight_block_quant_roundtrip_is_within_fp8_precision():

@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from lmlang.kernels.fp8 import per_token_group_quant_fp8, quant_weight_block_fp8, ref_fp8_block_gemm
-from lmlang.kernels.fused_moe import fused_experts, fused_moe_gemm, moe_align_block_size, ref_fused_experts
+from lmlang.kernels.fused_moe import (
+    fused_experts,
+    fused_moe_gemm,
+    moe_align_block_size,
+    moe_sum,
+    ref_fused_experts,
+    ref_moe_sum,
+)
 from lmlang.kernels.moe_align import max_aligned_blocks, ref_moe_align_block_size
 from lmlang.kernels.moe_config import FusedMoEConfig, get_fused_moe_config
 
@@ -99,6 +106,34 @@ def test_fused_experts_matches_reference(device, dtype, m, hidden, inter, e, k):
     assert out.shape == (m, hidden) and out.dtype == dtype
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=5e-2)
     torch.testing.assert_close(out, ref, **tol)
+
+
+@pytest.mark.parametrize("device,dtype,m,k,h", [
+    pytest.param("cpu", torch.float32, 3, 2, 40, id="cpu-fp32"),
+    pytest.param("cpu", torch.bfloat16, 2, 6, 1100, id="cpu-bf16-two-blocks"),
+    pytest.param("cuda", torch.bfloat16, 1, 6, 2048, id="gpu-v2-lite-decode", marks=pytest.mark.gpu),
+    pytest.param("cuda", torch.bfloat16, 300, 8, 7168, id="gpu-v3-prefill", marks=pytest.mark.gpu),
+])
+def test_moe_sum_adds_the_slots_and_the_residual(device, dtype, m, k, h):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(m, k, h, generator=g).to(device, dtype)
+    residual = torch.randn(m, h, generator=g).to(device, dtype)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(moe_sum(x), ref_moe_sum(x), **tol)
+    # the residual is added to the rounded sum, as `sum + residual` in torch
+    assert torch.equal(moe_sum(x, residual), moe_sum(x) + residual)
+
+
+def test_fused_experts_adds_the_residual_in_its_last_launch():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 64, generator=g)
+    w13, w2 = torch.randn(3, 64, 64, generator=g) * 0.1, torch.randn(3, 64, 32, generator=g) * 0.1
+    weights, ids = _routing(4, 3, 2, torch.Generator().manual_seed(6), "cpu")
+    residual = torch.randn(4, 64, generator=g)
+    assert torch.equal(fused_experts(x, w13, w2, weights, ids, residual=residual),
+                       fused_experts(x, w13, w2, weights, ids) + residual)
+    with pytest.raises(ValueError, match="residual"):
+        fused_experts(x, w13, w2, weights, ids, residual=residual[:2])
 
 
 FP8_CASES = [
