@@ -101,22 +101,34 @@ def store_kv(
         _launch(loc, _token_rows(k, "k", n), k_buffer, _token_rows(v, "v", n), v_buffer)
 
 
+def check_store_mla_kv(
+    kv_buffer: torch.Tensor, loc: torch.Tensor, kv_latent: torch.Tensor, k_rope: torch.Tensor,
+    caller: str = "store_mla_kv",
+) -> None:
+    """Raises ValueError unless `store_mla_kv(kv_buffer, loc, kv_latent, k_rope)` fits (see there);
+    shared with `rotary.rotary_and_store_mla_kv`, which stores in the same way."""
+    check_loc(loc)
+    if kv_buffer.dim() != 3 or kv_buffer.shape[1] != 1 or not kv_buffer.is_contiguous():
+        raise ValueError(f"{caller}: kv_buffer must be contiguous [slots, 1, width], got {tuple(kv_buffer.shape)}")
+    if len({kv_buffer.device, kv_latent.device, k_rope.device, loc.device}) != 1:
+        raise ValueError(f"{caller}: kv_buffer, kv_latent, k_rope and loc must be on one device")
+    rank = kv_latent.shape[-1]
+    if rank + k_rope.shape[-1] != kv_buffer.shape[2]:
+        raise ValueError(
+            f"{caller}: kv_lora_rank {rank} + rope_dim {k_rope.shape[-1]} != buffer width {kv_buffer.shape[2]}"
+        )
+    if kv_latent.shape[0] != loc.shape[0] or k_rope.shape[0] != loc.shape[0]:
+        raise ValueError(f"{caller}: kv_latent and k_rope need one row per slot in loc ({loc.shape[0]})")
+
+
 def store_mla_kv(kv_buffer: torch.Tensor, loc: torch.Tensor, kv_latent: torch.Tensor, k_rope: torch.Tensor) -> None:
     """`kv_buffer[loc, 0] = cat(kv_latent, k_rope)` for an MLA latent pool, without the cat.
 
     kv_buffer: [slots, 1, kv_lora_rank + rope_dim] contiguous; loc: [T];
     kv_latent: [T, kv_lora_rank] or [T, 1, kv_lora_rank]; k_rope: [T, rope_dim] or [T, 1, rope_dim].
     """
-    check_loc(loc)
-    if kv_buffer.dim() != 3 or kv_buffer.shape[1] != 1 or not kv_buffer.is_contiguous():
-        raise ValueError(f"store_mla_kv: kv_buffer must be contiguous [slots, 1, width], got {tuple(kv_buffer.shape)}")
-    if len({kv_buffer.device, kv_latent.device, k_rope.device, loc.device}) != 1:
-        raise ValueError("store_mla_kv: kv_buffer, kv_latent, k_rope and loc must be on one device")
+    check_store_mla_kv(kv_buffer, loc, kv_latent, k_rope)
     rank = kv_latent.shape[-1]
-    if rank + k_rope.shape[-1] != kv_buffer.shape[2]:
-        raise ValueError(
-            f"store_mla_kv: kv_lora_rank {rank} + rope_dim {k_rope.shape[-1]} != buffer width {kv_buffer.shape[2]}"
-        )
     n = loc.shape[0]
     if n:
         latent, rope = _token_rows(kv_latent, "kv_latent", n), _token_rows(k_rope, "k_rope", n)

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lmlang.kernels.kv_store import check_loc, check_store_kv
+from lmlang.kernels.kv_store import check_store_kv, check_store_mla_kv
 from lmlang.kernels.launch import launch, next_power_of_2, pdl_launch_dependents, pdl_wait
 from lmlang.kernels.rounding import round_to
 
@@ -250,22 +250,13 @@ def rotary_and_store_mla_kv(
     [T, kv_lora_rank] or [T, 1, kv_lora_rank] with contiguous rows; kv_buffer: contiguous
     [slots, 1, kv_lora_rank + rope_dim]. Returns the rotated (q_rope, k_rope) as `apply_rotary` does.
     """
-    if kv_buffer.dim() != 3 or kv_buffer.shape[1] != 1 or not kv_buffer.is_contiguous():
-        raise ValueError(
-            f"rotary_and_store_mla_kv: kv_buffer must be contiguous [slots, 1, width], got {tuple(kv_buffer.shape)}"
-        )
+    check_store_mla_kv(kv_buffer, loc, kv_latent, k_rope, caller="rotary_and_store_mla_kv")
+    if k_rope.dim() != 3 or k_rope.shape[1] != 1:
+        raise ValueError(f"rotary_and_store_mla_kv: k_rope must be [T, 1, rope_dim], got {tuple(k_rope.shape)}")
     rank = kv_latent.shape[-1]
-    if k_rope.dim() != 3 or k_rope.shape[1] != 1 or rank + k_rope.shape[2] != kv_buffer.shape[2]:
-        raise ValueError(
-            f"rotary_and_store_mla_kv: k_rope {tuple(k_rope.shape)} must be [T, 1, rope_dim] with kv_lora_rank "
-            f"{rank} + rope_dim = buffer width {kv_buffer.shape[2]}"
-        )
     latent = kv_latent.reshape(kv_latent.shape[0], 1, rank)  # [T, 1, R]
     if latent.stride(2) != 1:
         raise ValueError("rotary_and_store_mla_kv: kv_latent's rows must be contiguous")
-    check_loc(loc)
-    if latent.shape[0] != loc.shape[0] or len({kv_buffer.device, latent.device, loc.device}) != 1:
-        raise ValueError("rotary_and_store_mla_kv: kv_latent and loc must have one row per token, on kv_buffer's device")
     return _launch(q_rope, k_rope, positions, cos_sin_cache, is_neox, False,
                    (latent, kv_buffer[:, :, rank:], kv_buffer[:, :, :rank], loc))
 
