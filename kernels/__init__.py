@@ -3,14 +3,16 @@
 Modules (import the one you need; this package imports nothing eagerly):
 - `rmsnorm`: `rmsnorm`, `fused_add_rmsnorm`
 - `rotary`: `apply_rotary` (neox / GPT-J pairing, partial rotary, from a cos/sin cache),
-  `rotary_and_store_kv` (the rotation and the KV-pool store in one launch)
+  `rotary_and_store_kv` / `rotary_and_store_mla_kv` (the rotation and the KV-pool store in one launch)
 - `activation`: `silu_and_mul`
 - `kv_store`: `store_kv` (MHA/GQA pool), `store_mla_kv` (MLA latent pool)
 - `bitmask`: `apply_token_bitmask_` (packed int32 grammar masks on logits)
-- `fp8`: `per_token_group_quant_fp8`, `quant_weight_block_fp8`, `fp8_block_gemm` (W8A8, 128x128 blocks)
+- `fp8`: `per_token_group_quant_fp8`, `silu_and_mul_quant_fp8`, `quant_weight_block_fp8`,
+  `fp8_block_gemm` (W8A8, 128x128 blocks)
 - `fp8_cublas`, `fp8_flashinfer`: the same W8A8 product through cuBLASLt and FlashInfer's SM90 kernel
   (peer libraries, each used where a one-time probe on the device matches the reference: `device_probe`)
-- `fused_moe`: `fused_moe_gemm`, `fused_experts`; token alignment in `moe_align`; configs in `moe_config`
+- `fused_moe`: `fused_moe_gemm`, `fused_experts`, `moe_sum`; token alignment in `moe_align`; configs in
+  `moe_config`; the router in `moe_routing` (`router_logits`, `fused_topk`)
 - `mla_decode`: `mla_decode` (split-K decode over a latent cache)
 - `tree_attention`: `tree_attention` (ragged queries over paged KV, custom or causal mask)
 - `decode_attention`: `decode_attention` (split-K GQA decode over paged KV, graph-capturable grid;
