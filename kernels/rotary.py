@@ -88,13 +88,15 @@ def rotary_kernel(
     v_ptr,  # [T, Hk, v_head_dim] (strided; read only with STORE_KV)
     k_pool_ptr, v_pool_ptr,  # [slots, Hk, head_dim], [slots, Hk, v_head_dim] (written only with STORE_KV)
     loc_ptr,  # [T] int32/int64 slot per token (read only with STORE_KV)
+    v_norm_w_ptr,  # [v_head_dim] RMSNorm weight applied to v before it is stored (read only with NORM_V)
+    v_norm_eps,
     q_tok_stride, q_head_stride, k_tok_stride, k_head_stride,
     qo_tok_stride, qo_head_stride, ko_tok_stride, ko_head_stride,
     v_tok_stride, v_head_stride, kp_slot_stride, kp_head_stride, vp_slot_stride, vp_head_stride,
     num_q_heads, num_k_heads, head_dim, v_head_dim,
     HALF: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr, COPY_TAIL: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_TAIL: tl.constexpr,
-    STORE_KV: tl.constexpr, BLOCK_DV: tl.constexpr, USE_PDL: tl.constexpr,
+    STORE_KV: tl.constexpr, NORM_V: tl.constexpr, BLOCK_DV: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     # program (token, head block): q's head blocks first, then k's (with v's same heads)
     pdl_launch_dependents(USE_PDL)
@@ -125,7 +127,13 @@ def rotary_kernel(
             offs_d = tl.arange(0, BLOCK_DV)
             v_mask = (offs_h[:, None] < num_k_heads) & (offs_d[None, :] < v_head_dim)
             v = tl.load(v_ptr + token * v_tok_stride + offs_h[:, None] * v_head_stride + offs_d[None, :],
-                        mask=v_mask)
+                        mask=v_mask, other=0.0)
+            if NORM_V:  # rmsnorm_kernel's operations, per head row
+                w = tl.load(v_norm_w_ptr + offs_d, mask=offs_d < v_head_dim, other=0.0).to(tl.float32)
+                vf = v.to(tl.float32)
+                mean_sq = tl.sum(vf * vf, axis=1) / v_head_dim
+                normed = (vf * tl.math.rsqrt(mean_sq + v_norm_eps)[:, None]).to(v_ptr.dtype.element_ty)
+                v = (normed.to(tl.float32) * w[None, :]).to(v_ptr.dtype.element_ty)
             tl.store(v_pool_ptr + slot * vp_slot_stride + offs_h[:, None] * vp_head_stride + offs_d[None, :],
                      v.to(v_pool_ptr.dtype.element_ty), mask=v_mask)
 
@@ -160,8 +168,10 @@ _MAX_BLOCK_H = 8  # heads per program: at decode a token's heads spread over sev
 
 
 def _launch(q, k, positions, cos_sin_cache, is_neox: bool, inplace: bool,
-            store: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]) -> tuple:
-    """Checks q, k, positions and the cache, launches `rotary_kernel`; store: (v, k_buffer, v_buffer, loc)."""
+            store: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+            v_norm: Optional[tuple[torch.Tensor, float]] = None) -> tuple:
+    """Checks q, k, positions and the cache, launches `rotary_kernel`; store: (v, k_buffer, v_buffer,
+    loc); v_norm: (weight, eps) of an RMSNorm applied to v before it is stored."""
     rotary_dim = _check(q, k, positions, cos_sin_cache)
     head_dim = q.shape[2]
     q_out = q if inplace else torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -170,19 +180,21 @@ def _launch(q, k, positions, cos_sin_cache, is_neox: bool, inplace: bool,
     if num_tokens == 0:
         return q_out, k_out
     v, k_pool, v_pool, loc = store if store is not None else (k, k, k, positions)  # unread without STORE_KV
+    v_norm_w, v_norm_eps = v_norm if v_norm is not None else (k, 0.0)  # unread without NORM_V
     half = rotary_dim // 2
     block_h = min(next_power_of_2(max(q.shape[1], k.shape[1])), _MAX_BLOCK_H)
     head_blocks = triton.cdiv(q.shape[1], block_h) + triton.cdiv(k.shape[1], block_h)
     launch(
         rotary_kernel, (num_tokens, head_blocks), q, k, q_out, k_out, positions, cos_sin_cache,
-        v, k_pool, v_pool, loc,
+        v, k_pool, v_pool, loc, v_norm_w, v_norm_eps,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
         v.stride(0), v.stride(1), k_pool.stride(0), k_pool.stride(1), v_pool.stride(0), v_pool.stride(1),
         q.shape[1], k.shape[1], head_dim, v.shape[2],
         HALF=half, IS_NEOX=is_neox, HAS_TAIL=rotary_dim < head_dim, COPY_TAIL=(not inplace) and rotary_dim < head_dim,
         BLOCK_H=block_h, BLOCK_HALF=next_power_of_2(half), BLOCK_TAIL=next_power_of_2(head_dim - rotary_dim),
-        STORE_KV=store is not None, BLOCK_DV=next_power_of_2(v.shape[2]), num_warps=4, pdl=True,
+        STORE_KV=store is not None, NORM_V=v_norm is not None, BLOCK_DV=next_power_of_2(v.shape[2]), num_warps=4,
+        pdl=True,
     )
     return q_out, k_out
 
@@ -242,13 +254,17 @@ def rotary_and_store_mla_kv(
     loc: torch.Tensor,
     *,
     is_neox: bool = False,
+    latent_norm: Optional[tuple[torch.Tensor, float]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`apply_rotary(q_rope, k_rope, ...)` and `kv_store.store_mla_kv(kv_buffer, loc, kv_latent,
     rotated k_rope)` in one launch, for an MLA layer's latent pool.
 
     q_rope: [T, H, rope_dim]; k_rope: [T, 1, rope_dim] (strided tokens allowed); kv_latent:
     [T, kv_lora_rank] or [T, 1, kv_lora_rank] with contiguous rows; kv_buffer: contiguous
-    [slots, 1, kv_lora_rank + rope_dim]. Returns the rotated (q_rope, k_rope) as `apply_rotary` does.
+    [slots, 1, kv_lora_rank + rope_dim]. `latent_norm=(weight [kv_lora_rank], eps)`: the latent
+    rows are RMS-normalized first, as `rmsnorm.rmsnorm(kv_latent, weight, eps)` would (the layer's
+    kv_a_layernorm, whose output only the cache reads). Returns the rotated (q_rope, k_rope) as
+    `apply_rotary` does.
     """
     check_store_mla_kv(kv_buffer, loc, kv_latent, k_rope, caller="rotary_and_store_mla_kv")
     if k_rope.dim() != 3 or k_rope.shape[1] != 1:
@@ -257,8 +273,15 @@ def rotary_and_store_mla_kv(
     latent = kv_latent.reshape(kv_latent.shape[0], 1, rank)  # [T, 1, R]
     if latent.stride(2) != 1:
         raise ValueError("rotary_and_store_mla_kv: kv_latent's rows must be contiguous")
+    if latent_norm is not None:
+        weight = latent_norm[0]
+        if weight.shape != (rank,) or weight.dtype != kv_latent.dtype or weight.device != kv_latent.device:
+            raise ValueError(
+                f"rotary_and_store_mla_kv: the latent norm's weight must be [{rank}] {kv_latent.dtype} on "
+                f"kv_latent's device, got {tuple(weight.shape)} {weight.dtype}"
+            )
     return _launch(q_rope, k_rope, positions, cos_sin_cache, is_neox, False,
-                   (latent, kv_buffer[:, :, rank:], kv_buffer[:, :, :rank], loc))
+                   (latent, kv_buffer[:, :, rank:], kv_buffer[:, :, :rank], loc), latent_norm)
 
 
 def ref_apply_rotary(

@@ -93,17 +93,19 @@ def rotate_and_store(
 
 def rotate_and_store_mla(
     q_rope: torch.Tensor, k_rope: torch.Tensor, kv_latent: torch.Tensor, kv_buffer: torch.Tensor,
-    loc: torch.Tensor, rotary: torch.nn.Module, positions: torch.Tensor,
+    loc: torch.Tensor, rotary: torch.nn.Module, positions: torch.Tensor, latent_norm: torch.nn.Module,
 ) -> Optional[torch.Tensor]:
     """`rotate_and_store` for an MLA latent pool: rotates q_rope ([n, H, P]) and k_rope ([n, 1, P])
-    and stores `[kv_latent | rotated k_rope]` at `loc` in one launch; returns the rotated q_rope,
-    or None where that kernel does not apply (then rotate and store separately)."""
-    if not (use_kernels(q_rope) and q_rope.dtype == k_rope.dtype):
+    and stores `[latent_norm(kv_latent) | rotated k_rope]` at `loc` in one launch (`latent_norm`:
+    the layer's `RMSNorm`); returns the rotated q_rope, or None where that kernel does not apply
+    (then normalize, rotate and store separately)."""
+    if not (use_kernels(q_rope) and q_rope.dtype == k_rope.dtype == kv_latent.dtype == latent_norm.weight.dtype):
         return None
     from lmlang.kernels.rotary import rotary_and_store_mla_kv
 
     q_rope, _ = rotary_and_store_mla_kv(q_rope, k_rope, kv_latent, positions, rotary.cos_sin_cache, kv_buffer, loc,
-                                        is_neox=rotary.is_neox_style)
+                                        is_neox=rotary.is_neox_style,
+                                        latent_norm=(latent_norm.weight, latent_norm.eps))
     return q_rope
 
 

@@ -6,6 +6,7 @@ Data path for n new tokens (H heads, nope dim D, rope dim P, value dim V, latent
   q_rope, kr = rope(positions, q_rope, kr)                         # rope on the P features only
   pool[out_cache_loc] = [c | kr]                                   # the whole per-token cache
   attention: expanded (prefill) or absorbed (decode), see `runtime/attention/mla.py`
+  (on CUDA, rms(c), the rope and the pool write are one launch: `rotate_and_store_mla`)
   out       = o_proj(attn)                                         # [n, hidden]
 
 The absorbed form needs W_UK and W_UV per head as dense matrices (`w_kc`, `w_vc`), derived from
@@ -108,16 +109,16 @@ class MLAAttention(nn.Module):
         q = q.view(-1, s.num_heads, s.qk_head_dim)  # [n, H, D + P]
         q_nope, q_rope = q.split([s.qk_nope_head_dim, s.qk_rope_head_dim], dim=-1)
         latent, k_rope = self.kv_a_proj_with_mqa(hidden).split([s.kv_lora_rank, s.qk_rope_head_dim], dim=-1)
-        latent = self.kv_a_layernorm(latent)  # [n, R]
         kv_buffer = batch.kv_pool.kv_buffer[self.layer_id]
         k_rope = k_rope.unsqueeze(1)  # [n, 1, P]
+        # the normalized latent only goes to the cache (both forms read it from there)
         rotated_q_rope = rotate_and_store_mla(q_rope, k_rope, latent, kv_buffer, batch.out_cache_loc, self.rotary_emb,
-                                              positions)
+                                              positions, self.kv_a_layernorm)
         if rotated_q_rope is not None:
             q_rope = rotated_q_rope  # [n, H, P]
         else:
             q_rope, k_rope = self.rotary_emb(positions, q_rope, k_rope)  # [n, H, P], [n, 1, P]
-            batch.kv_pool.store(self.layer_id, batch.out_cache_loc, latent, k_rope)
+            batch.kv_pool.store(self.layer_id, batch.out_cache_loc, self.kv_a_layernorm(latent), k_rope)  # [n, R]
         if absorbed is None:
             absorbed = batch.mode.is_decode
         if absorbed:

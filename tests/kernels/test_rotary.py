@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lmlang.kernels.kv_store import ref_store_kv, ref_store_mla_kv
+from lmlang.kernels.rmsnorm import ref_rmsnorm
 from lmlang.kernels.rotary import apply_rotary, ref_apply_rotary, rotary_and_store_kv, rotary_and_store_mla_kv
 
 
@@ -161,6 +162,14 @@ def test_rotary_and_store_mla_kv_matches_rotate_then_store(device, dtype, tokens
     untouched = torch.ones(slots, dtype=torch.bool, device=device)
     untouched[loc] = False
     assert not buf[untouched].float().any()
+
+    # with the layer's latent RMSNorm folded in: the latent part is what rmsnorm would give
+    weight = (1 + 0.1 * torch.randn(rank, generator=g)).to(device, dtype)
+    normed_buf = torch.zeros_like(ref_buf)
+    raw = kv_a[:, :rank]  # the strided view the layer passes
+    rotary_and_store_mla_kv(q_rope, k_rope, raw, positions, cache, normed_buf, loc, latent_norm=(weight, 1e-6))
+    torch.testing.assert_close(normed_buf[loc, 0, :rank].float(), ref_rmsnorm(raw, weight, 1e-6).float(), **_tol(dtype))
+    assert torch.equal(normed_buf[:, :, rank:], buf[:, :, rank:])
 
 
 def test_rotary_and_store_mla_kv_rejects_mismatched_pool():
