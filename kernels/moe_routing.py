@@ -1,4 +1,16 @@
-"""The MoE router in two launches: router logits, then the whole top-k routing rule per token.
+"""The MoE routing rule and the router in two launches: router logits, then the whole rule per token.
+
+The rule (`RoutingConfig`, `select_experts`, torch; the runtime's `TopKRouter` uses it off CUDA)
+covers the released families:
+- Mixtral: softmax over all experts, top-k, renormalised.
+- Qwen3-MoE: softmax, top-k, renormalised when `norm_topk_prob`.
+- DeepSeek-V2: softmax, top-k, optionally limited to the `topk_group` best of `n_group` expert
+  groups (group score = the group's best expert), times `routed_scaling_factor`.
+- DeepSeek-V3: sigmoid scores; experts are chosen on score + `e_score_correction_bias`, within
+  the `topk_group` groups whose two best biased scores sum highest, but weighted by the unbiased
+  score; renormalised (`norm_topk_prob`), then times `routed_scaling_factor`.
+Weights are float32 throughout (Qwen3-MoE in transformers rounds them to the model dtype; in
+float32 the two agree).
 
 At decode the router is a string of small torch kernels (a `.float()` copy of the hidden states,
 cuBLAS's split-K GEMV and its reduction, softmax, top-k's two kernels, a gather, ...), each
@@ -13,7 +25,7 @@ costing more in launch and idle time than in work. Here it is two kernels:
   with a weight in the model dtype they are rounded to that dtype (as `F.linear(hidden, weight)`
   rounds them) and returned as float32. Larger batches run `ref_router_logits` (`F.linear`),
   whose GEMM then costs more than its launches.
-- `fused_topk`: `select_experts` (`runtime/layers/moe.py`) for one token per program, all in
+- `fused_topk`: `select_experts` (below) for one token per program, all in
   registers: scores in float32 with torch's CUDA operations (softmax as exp(x - max) / sum,
   sigmoid as 1 / (1 + exp(-x)); libdevice's expf, divisions rounded to nearest), the correction
   bias added for the choice, the group limit (group scores, the `topk_groups` best groups kept), the
@@ -29,7 +41,8 @@ Both launchers size everything from the shapes only, so the pair can be captured
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +53,68 @@ from triton.language.extra import libdevice
 from lmlang.kernels.launch import launch, next_power_of_2, pdl_launch_dependents, pdl_wait
 from lmlang.kernels.rounding import round_to
 
-if TYPE_CHECKING:  # the routing rule lives in the runtime, which imports this module lazily
-    from lmlang.runtime.layers.moe import RoutingConfig
+SCORING = ("softmax", "sigmoid")
+GROUP_SCORES = ("max", "top2_sum")
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    num_experts: int
+    top_k: int
+    scoring: str = "softmax"
+    num_groups: Optional[int] = None  # n_group; None: no group limit
+    topk_groups: Optional[int] = None  # topk_group
+    group_score: str = "max"  # how a group is ranked: its best expert, or the sum of its best two
+    norm_topk_prob: bool = False
+    routed_scaling_factor: float = 1.0
+    correction_bias: bool = False  # DeepSeek-V3's e_score_correction_bias (choice only)
+    logits_in_fp32: bool = False  # compute router logits in float32 (DeepSeek), else in the model dtype
+
+    def __post_init__(self) -> None:
+        if self.scoring not in SCORING:
+            raise ValueError(f"unsupported MoE scoring function {self.scoring!r}; supported: {SCORING}")
+        if self.group_score not in GROUP_SCORES:
+            raise ValueError(f"unsupported MoE group score {self.group_score!r}; supported: {GROUP_SCORES}")
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"top_k ({self.top_k}) must be in [1, num_experts={self.num_experts}]")
+        if self.num_groups is not None:
+            groups, keep = self.num_groups, self.topk_groups
+            if self.num_experts % groups or keep is None or not 1 <= keep <= groups:
+                raise ValueError(
+                    f"grouped routing needs n_group ({groups}) dividing num_experts ({self.num_experts}) "
+                    f"and 1 <= topk_group ({keep}) <= n_group"
+                )
+            if self.top_k > keep * (self.num_experts // groups):
+                raise ValueError(f"top_k ({self.top_k}) exceeds the experts of {keep} groups")
+
+
+def select_experts(
+    router_logits: torch.Tensor,  # [n, E]
+    cfg: RoutingConfig,
+    correction_bias: Optional[torch.Tensor] = None,  # [E] float32
+) -> tuple[torch.Tensor, torch.Tensor]:  # weights [n, top_k] float32, expert ids [n, top_k] int64
+    """The routing rule of the module docstring, for a batch of router logits."""
+    logits = router_logits.float()
+    scores = logits.softmax(dim=-1) if cfg.scoring == "softmax" else logits.sigmoid()  # [n, E]
+    choice = scores + correction_bias.float() if correction_bias is not None else scores
+    if cfg.num_groups is not None:
+        grouped = choice.view(choice.shape[0], cfg.num_groups, -1)  # [n, G, E / G]
+        if cfg.group_score == "max":
+            group_scores = grouped.amax(dim=-1)
+        else:
+            group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)  # [n, G]
+        kept = group_scores.topk(cfg.topk_groups, dim=-1).indices  # [n, topk_group]
+        group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, kept, True)
+        expert_mask = group_mask.unsqueeze(-1).expand_as(grouped).reshape_as(choice)
+        choice = choice.masked_fill(~expert_mask, float("-inf"))
+    ids = choice.topk(cfg.top_k, dim=-1).indices  # [n, top_k]
+    weights = scores.gather(1, ids)
+    if cfg.norm_topk_prob:
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    if cfg.routed_scaling_factor != 1.0:
+        weights = weights * cfg.routed_scaling_factor
+    return weights, ids
+
 
 # above this many rows `router_logits` runs F.linear; not measured yet (`benchmarks/kernels.py --only
 # moe_routing` times M = 16 against 32)
@@ -283,6 +356,4 @@ def ref_fused_topk(
     router_logits: torch.Tensor, cfg: RoutingConfig, correction_bias: Optional[torch.Tensor] = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The torch rule `fused_topk` implements: `select_experts` (ids int64)."""
-    from lmlang.runtime.layers.moe import select_experts
-
     return select_experts(router_logits, cfg, correction_bias)

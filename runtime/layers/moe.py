@@ -1,16 +1,8 @@
 """Mixture-of-experts feed-forward: a top-k router, the routed experts, optional shared experts.
 
-Routing (`RoutingConfig`, `select_experts`) covers the released families:
-- Mixtral: softmax over all experts, top-k, renormalised.
-- Qwen3-MoE: softmax, top-k, renormalised when `norm_topk_prob`.
-- DeepSeek-V2: softmax, top-k, optionally limited to the `topk_group` best of `n_group` expert
-  groups (group score = the group's best expert), times `routed_scaling_factor`.
-- DeepSeek-V3: sigmoid scores; experts are chosen on score + `e_score_correction_bias`, within
-  the `topk_group` groups whose two best biased scores sum highest, but weighted by the unbiased
-  score; renormalised (`norm_topk_prob`), then times `routed_scaling_factor`.
-Weights are float32 throughout (Qwen3-MoE in transformers rounds them to the model dtype; in
-float32 the two agree). On CUDA `TopKRouter` runs the rule as two kernels (router logits, then
-the whole selection per token: `lmlang.kernels.moe_routing`), which give int32 expert ids.
+Routing: the rule (`RoutingConfig`, `select_experts`, re-exported here) lives in
+`lmlang.kernels.moe_routing` beside the two kernels that run it on CUDA (router logits, then the
+whole selection per token; int32 expert ids); `TopKRouter` holds the gate and picks the path.
 
 `FusedMoE` holds all experts' weights stacked (`w13_weight` [E, 2I, H]: gate rows then up rows;
 `w2_weight` [E, H, I]) so that one grouped GEMM per projection serves every expert. On CUDA it runs
@@ -21,79 +13,18 @@ makes the `StackedParam` rows that route those names into the stacked parameters
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Hashable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlang.kernels.moe_routing import RoutingConfig, select_experts  # noqa: F401 (re-exported)
 from lmlang.runtime.layers.dispatch import use_kernels
 from lmlang.runtime.layers.linear import default_weight_loader, new_parameter
 from lmlang.runtime.models.weight_mapping import StackedParam
 
-SCORING = ("softmax", "sigmoid")
-GROUP_SCORES = ("max", "top2_sum")
 EXPERT_SHARDS = ("w1", "w3", "w2")  # gate, up, down (Mixtral's checkpoint names)
-
-
-@dataclass(frozen=True)
-class RoutingConfig:
-    num_experts: int
-    top_k: int
-    scoring: str = "softmax"
-    num_groups: Optional[int] = None  # n_group; None: no group limit
-    topk_groups: Optional[int] = None  # topk_group
-    group_score: str = "max"  # how a group is ranked: its best expert, or the sum of its best two
-    norm_topk_prob: bool = False
-    routed_scaling_factor: float = 1.0
-    correction_bias: bool = False  # DeepSeek-V3's e_score_correction_bias (choice only)
-    logits_in_fp32: bool = False  # compute router logits in float32 (DeepSeek), else in the model dtype
-
-    def __post_init__(self) -> None:
-        if self.scoring not in SCORING:
-            raise ValueError(f"unsupported MoE scoring function {self.scoring!r}; supported: {SCORING}")
-        if self.group_score not in GROUP_SCORES:
-            raise ValueError(f"unsupported MoE group score {self.group_score!r}; supported: {GROUP_SCORES}")
-        if not 1 <= self.top_k <= self.num_experts:
-            raise ValueError(f"top_k ({self.top_k}) must be in [1, num_experts={self.num_experts}]")
-        if self.num_groups is not None:
-            groups, keep = self.num_groups, self.topk_groups
-            if self.num_experts % groups or keep is None or not 1 <= keep <= groups:
-                raise ValueError(
-                    f"grouped routing needs n_group ({groups}) dividing num_experts ({self.num_experts}) "
-                    f"and 1 <= topk_group ({keep}) <= n_group"
-                )
-            if self.top_k > keep * (self.num_experts // groups):
-                raise ValueError(f"top_k ({self.top_k}) exceeds the experts of {keep} groups")
-
-
-def select_experts(
-    router_logits: torch.Tensor,  # [n, E]
-    cfg: RoutingConfig,
-    correction_bias: Optional[torch.Tensor] = None,  # [E] float32
-) -> tuple[torch.Tensor, torch.Tensor]:  # weights [n, top_k] float32, expert ids [n, top_k] int64
-    """The routing rule of the module docstring, for a batch of router logits."""
-    logits = router_logits.float()
-    scores = logits.softmax(dim=-1) if cfg.scoring == "softmax" else logits.sigmoid()  # [n, E]
-    choice = scores + correction_bias.float() if correction_bias is not None else scores
-    if cfg.num_groups is not None:
-        grouped = choice.view(choice.shape[0], cfg.num_groups, -1)  # [n, G, E / G]
-        if cfg.group_score == "max":
-            group_scores = grouped.amax(dim=-1)
-        else:
-            group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)  # [n, G]
-        kept = group_scores.topk(cfg.topk_groups, dim=-1).indices  # [n, topk_group]
-        group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, kept, True)
-        expert_mask = group_mask.unsqueeze(-1).expand_as(grouped).reshape_as(choice)
-        choice = choice.masked_fill(~expert_mask, float("-inf"))
-    ids = choice.topk(cfg.top_k, dim=-1).indices  # [n, top_k]
-    weights = scores.gather(1, ids)
-    if cfg.norm_topk_prob:
-        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
-    if cfg.routed_scaling_factor != 1.0:
-        weights = weights * cfg.routed_scaling_factor
-    return weights, ids
 
 
 def _float32_parameter(shape: tuple) -> nn.Parameter:
