@@ -3,7 +3,8 @@ and what PDL and the fused inputs buy.
 
     python benchmarks/gemv_bench.py --out gemv.json [--m 1,2,4,8] [--shapes qkv,o,gate_up,down,lm_head]
                                     [--sections tune,fused,chain] [--chain-layers 8] [--tuned earlier.json]
-    python benchmarks/gemv_bench.py --fp8 --out gemv_fp8.json [--m 1,2,4,8]
+    python benchmarks/gemv_bench.py --fp8 --out gemv_fp8.json [--m 1,2,4,8] [--fp8-shapes v3.q_kv_a,...]
+                                    [--fp8-merge kernels/configs/gemv_fp8_<device>.json]
 
 `--fp8` tunes the W8A16 FP8 GEMV on DeepSeek's shapes instead (see `gemv_fp8_tune.py`).
 
@@ -359,6 +360,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--fp8", action="store_true",
                         help="tune the W8A16 FP8 GEMV on DeepSeek's shapes instead (gemv_fp8_tune.py)")
+    parser.add_argument("--fp8-shapes", default="",
+                        help="with --fp8: only these DeepSeek shapes (e.g. v2lite.q_kv_a,v3.q_kv_a); default all")
+    parser.add_argument("--fp8-merge", type=pathlib.Path,
+                        help="with --fp8: start from this table (e.g. the shipped one) and replace only the tuned shapes")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("benchmarks/gemv_bench.py needs a CUDA device")
@@ -371,7 +376,7 @@ def main() -> None:
     if args.fp8:
         from gemv_fp8_tune import run_fp8
 
-        run_fp8(args.out, ms, args.reps)
+        run_fp8(args.out, ms, args.reps, [s for s in args.fp8_shapes.split(",") if s] or None, args.fp8_merge)
         return
     t_start = time.perf_counter()
     limits, info = measure_limits(rep_ms=100), run_info()

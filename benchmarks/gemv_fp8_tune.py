@@ -4,9 +4,10 @@ projections at decode sizes and writes its table.
     python benchmarks/gemv_bench.py --fp8 --out gemv_fp8.json [--m 1,2,4,8] [--reps 10]
 
 Shapes (weight [N, K], K padded to the 128 block) come from `benchmarks/configs/deepseek_v2_lite.json`
-and `deepseek_v3.json`: the attention projections a decode step runs (q_proj or q_a / q_b,
-kv_a_proj_with_mqa, o_proj; kv_b_proj is absorbed at decode and not run), the shared experts'
-gate_up / down, and the dense layers' gate_up / down. For each shape and M, with 128 x 128 scale
+and `deepseek_v3.json`: the attention projections a decode step runs (q_proj or q_a_proj stacked
+with kv_a_proj_with_mqa, q_b_proj, o_proj; kv_b_proj is absorbed at decode and not run), the
+shared experts' gate_up / down, and the dense layers' gate_up / down. `--fp8-shapes` tunes a
+subset and `--fp8-merge` folds it into an existing table. For each shape and M, with 128 x 128 scale
 blocks and PDL on, inside CUDA graphs over >= 512 MiB of weight copies (nothing served from L2):
 - W8A8, what `Fp8Linear` runs today below `CUBLAS_MIN_TOKENS`: per_token_group_quant_fp8 +
   fp8_block_gemm with its tuned table;
@@ -60,12 +61,11 @@ def deepseek_shapes() -> dict:
         c = json.loads((CONFIGS / file).read_text())
         hidden, heads = c["hidden_size"], c["num_attention_heads"]
         qk = c["qk_nope_head_dim"] + c["qk_rope_head_dim"]
+        # q_proj / q_a_proj stacked with kv_a_proj_with_mqa, as the MLA layer runs them (`can_fuse_qkv_a`)
+        q_width = c.get("q_lora_rank") or heads * qk
+        shapes[f"{tag}.q_kv_a"] = (q_width + c["kv_lora_rank"] + c["qk_rope_head_dim"], hidden)
         if c.get("q_lora_rank"):
-            shapes[f"{tag}.q_a"] = (c["q_lora_rank"], hidden)
             shapes[f"{tag}.q_b"] = (heads * qk, c["q_lora_rank"])
-        else:
-            shapes[f"{tag}.q"] = (heads * qk, hidden)
-        shapes[f"{tag}.kv_a"] = (c["kv_lora_rank"] + c["qk_rope_head_dim"], hidden)
         shapes[f"{tag}.o"] = (hidden, heads * c["v_head_dim"])
         shared = c["moe_intermediate_size"] * c["n_shared_experts"]
         shapes[f"{tag}.shared_gate_up"] = (2 * shared, hidden)
@@ -155,14 +155,27 @@ def print_table(out: dict) -> None:
     print(f"table -> {out['out']}  (install as kernels/configs/{config_file(info['device'], TABLE).name})")
 
 
-def run_fp8(out_path: pathlib.Path, ms: list, reps: int) -> None:
+def run_fp8(out_path: pathlib.Path, ms: list, reps: int, names: Optional[list] = None,
+            merge: Optional[pathlib.Path] = None) -> None:
+    """Tunes `names` (default: every `deepseek_shapes` entry) and writes the table to `out_path`;
+    with `merge`, the table starts as that file's and only the tuned shapes' rows change."""
+    shapes = deepseek_shapes()
+    unknown = set(names or ()) - set(shapes)
+    if unknown:
+        raise SystemExit(f"unknown DeepSeek shapes {sorted(unknown)}; known: {', '.join(shapes)}")
     t_start = time.perf_counter()
     limits, info = measure_limits(rep_ms=100), run_info()
     print_limits(limits, info)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     out = dict(device=info["device"], info=info, limits=limits, block=list(BLOCK), shapes={}, results=[],
                out=str(out_path), seconds=0.0)
-    for name, (n, k) in deepseek_shapes().items():
+    if merge is not None:
+        base = json.loads(merge.read_text())
+        out["shapes"], out["results"] = base["shapes"], base.get("results", [])
+    for name, (n, k) in shapes.items():
+        if names is not None and name not in names:
+            continue
+        out["results"] = [r for r in out["results"] if (r["n"], r["k"]) != (n, k)]
         rows = bench_shape(name, n, k, ms, reps, limits["copy_GBps"], sms)
         out["results"] += rows
         for r in rows:

@@ -20,12 +20,13 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 @triton.jit
 def rmsnorm_kernel(
-    x_ptr,  # [rows, D]
+    x_ptr,  # [rows, D], rows stride_x apart
     residual_ptr,  # [rows, D], read only when HAS_RESIDUAL
     weight_ptr,  # [D]
     out_ptr,  # [rows, D]
     new_residual_ptr,  # [rows, D], written only when HAS_RESIDUAL
     D,
+    stride_x,
     eps,
     HAS_RESIDUAL: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -37,7 +38,7 @@ def rmsnorm_kernel(
     mask = offs < D
     w = tl.load(weight_ptr + offs, mask=mask, other=0.0)  # a constant: read before the wait
     pdl_wait(USE_PDL)
-    x = tl.load(x_ptr + row * D + offs, mask=mask, other=0.0)
+    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
     if HAS_RESIDUAL:
         r = tl.load(residual_ptr + row * D + offs, mask=mask, other=0.0)
         # the sum is rounded to the activation dtype, as `x + residual` in torch would be
@@ -59,10 +60,15 @@ def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
         raise ValueError(f"rmsnorm: weight dtype {weight.dtype} differs from x dtype {x.dtype}")
     if x.device != weight.device:
         raise ValueError(f"rmsnorm: x on {x.device}, weight on {weight.device}")
-    if not (x.is_contiguous() and weight.is_contiguous()):
-        raise ValueError("rmsnorm: x and weight must be contiguous")
+    if not (_rows_contiguous(x) and weight.is_contiguous()):
+        raise ValueError("rmsnorm: x must be contiguous (or 2-D with contiguous rows) and weight contiguous")
     if x.shape[-1] > _MAX_HIDDEN:
         raise ValueError(f"rmsnorm: hidden size {x.shape[-1]} exceeds {_MAX_HIDDEN}")
+
+
+def _rows_contiguous(x: torch.Tensor) -> bool:
+    """Contiguous, or 2-D with contiguous rows (e.g. a column slice of a stacked projection's output)."""
+    return x.is_contiguous() or (x.dim() == 2 and x.stride(1) == 1)
 
 
 def _launch(x, residual, weight, out, new_residual, eps: float) -> None:
@@ -72,16 +78,18 @@ def _launch(x, residual, weight, out, new_residual, eps: float) -> None:
         return
     block = next_power_of_2(d)
     num_warps = min(max(block // 256, 1), 16)
+    stride_x = x.stride(0) if x.dim() == 2 else d
     launch(
-        rmsnorm_kernel, (rows,), x, residual, weight, out, new_residual, d, eps,
+        rmsnorm_kernel, (rows,), x, residual, weight, out, new_residual, d, stride_x, eps,
         HAS_RESIDUAL=residual is not None, BLOCK_D=block, num_warps=num_warps, pdl=True,
     )
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm over the last dimension of `x` ([..., D]) with `weight` ([D]); same shape and dtype."""
+    """RMSNorm over the last dimension of `x` ([..., D]; a 2-D x may have strided rows) with
+    `weight` ([D]); a new contiguous tensor of x's shape and dtype."""
     _check(x, weight)
-    out = torch.empty_like(x)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     _launch(x, None, weight, out, None, eps)
     return out
 
@@ -99,8 +107,8 @@ def fused_add_rmsnorm(
             f"fused_add_rmsnorm: residual {tuple(residual.shape)} {residual.dtype} {residual.device} "
             f"does not match x {tuple(x.shape)} {x.dtype} {x.device}"
         )
-    if not residual.is_contiguous():
-        raise ValueError("fused_add_rmsnorm: residual must be contiguous")
+    if not (residual.is_contiguous() and x.is_contiguous()):
+        raise ValueError("fused_add_rmsnorm: x and residual must be contiguous")
     out = torch.empty_like(x)
     new_residual = torch.empty_like(x)
     _launch(x, residual, weight, out, new_residual, eps)

@@ -26,7 +26,8 @@ from torch import nn
 from lmlang.runtime.attention.base import rotate_and_store_mla
 from lmlang.runtime.attention.mla import mla_absorbed, mla_expanded
 from lmlang.runtime.forward_batch import ForwardBatch
-from lmlang.runtime.layers.linear import Linear
+from lmlang.runtime.layers.linear import Linear, StackedLinear
+from lmlang.runtime.models.weight_mapping import StackedParam
 from lmlang.runtime.layers.norm import RMSNorm
 from lmlang.runtime.layers.rotary import RotaryEmbedding
 
@@ -47,12 +48,46 @@ class MLAShape:
     def qk_head_dim(self) -> int:
         return self.qk_nope_head_dim + self.qk_rope_head_dim
 
+    @property
+    def q_in_width(self) -> int:
+        """Output width of the first query projection: q_a_proj's rank, or q_proj's heads x dims."""
+        return self.q_lora_rank if self.q_lora_rank is not None else self.num_heads * self.qk_head_dim
+
+    @property
+    def kv_a_width(self) -> int:
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
     @classmethod
     def from_config(cls, config: Any) -> "MLAShape":
         return cls(
             config.hidden_size, config.num_attention_heads, getattr(config, "q_lora_rank", None),
             config.kv_lora_rank, config.qk_nope_head_dim, config.qk_rope_head_dim, config.v_head_dim,
         )
+
+
+def fused_qkv_a_params() -> list[StackedParam]:
+    """Checkpoint rows of `MLAAttention(fused_qkv_a=True)`: q_proj / q_a_proj and
+    kv_a_proj_with_mqa into the shards of `fused_qkv_a_proj_with_mqa`."""
+    target = ".self_attn.fused_qkv_a_proj_with_mqa."
+    return [
+        StackedParam(".self_attn.q_proj.", target, "q"),
+        StackedParam(".self_attn.q_a_proj.", target, "q_a"),
+        StackedParam(".self_attn.kv_a_proj_with_mqa.", target, "kv_a"),
+    ]
+
+
+FUSED_QKV_A_ALIGN = 128  # rows of DeepSeek's FP8 weight blocks (and of online quantization's)
+
+
+def can_fuse_qkv_a(shape: MLAShape, bias: bool, fp8_block_rows: Optional[int]) -> bool:
+    """Whether `MLAAttention(fused_qkv_a=True)` holds this layer. q_proj has no bias, so with
+    `attention_bias` only the q_a_proj layout stacks. The kv_a shard must start on a weight-block
+    row, so that block scales stack (an FP8 checkpoint's `fp8_block_rows`, None when it is not
+    block-quantized) and online quantization puts no block across the two projections: true of
+    the released models (q_a 1536 rows, V2-Lite's q 3072), not of every tiny test config."""
+    if bias and shape.q_lora_rank is None:
+        return False
+    return all(shape.q_in_width % rows == 0 for rows in (FUSED_QKV_A_ALIGN, fp8_block_rows or 1))
 
 
 def dense_weight(linear: nn.Module) -> torch.Tensor:
@@ -66,21 +101,35 @@ class MLAAttention(nn.Module):
     batches and the expanded form otherwise, unless `absorbed` says which."""
 
     def __init__(
-        self, shape: MLAShape, layer_id: int, rotary_emb: RotaryEmbedding, scaling: float, bias: bool = False
+        self, shape: MLAShape, layer_id: int, rotary_emb: RotaryEmbedding, scaling: float, bias: bool = False,
+        fused_qkv_a: bool = False,
     ) -> None:
+        """`fused_qkv_a`: q_proj (or q_a_proj) and kv_a_proj_with_mqa, which read the same hidden
+        states, run as one stacked projection `fused_qkv_a_proj_with_mqa` (shards "q" or "q_a",
+        then "kv_a"; see `fused_qkv_a_params` for the checkpoint names)."""
         super().__init__()
         self.shape = shape
         self.layer_id = layer_id
         self.rotary_emb = rotary_emb
         self.scaling = scaling
+        self.fused_qkv_a = fused_qkv_a
         h = shape.num_heads
-        if shape.q_lora_rank is None:
-            self.q_proj = Linear(shape.hidden_size, h * shape.qk_head_dim)
+        q_bias = bias and shape.q_lora_rank is not None  # q_proj has no bias in any DeepSeek config
+        if fused_qkv_a:
+            if bias and not q_bias:
+                raise ValueError("fused_qkv_a needs q_proj and kv_a_proj_with_mqa to agree on a bias")
+            q_shard = "q" if shape.q_lora_rank is None else "q_a"
+            self.fused_qkv_a_proj_with_mqa = StackedLinear(
+                shape.hidden_size, {q_shard: shape.q_in_width, "kv_a": shape.kv_a_width}, bias)
+        elif shape.q_lora_rank is None:
+            self.q_proj = Linear(shape.hidden_size, shape.q_in_width)
         else:
             self.q_a_proj = Linear(shape.hidden_size, shape.q_lora_rank, bias)
+        if shape.q_lora_rank is not None:
             self.q_a_layernorm = RMSNorm(shape.q_lora_rank, LORA_NORM_EPS)
             self.q_b_proj = Linear(shape.q_lora_rank, h * shape.qk_head_dim)
-        self.kv_a_proj_with_mqa = Linear(shape.hidden_size, shape.kv_lora_rank + shape.qk_rope_head_dim, bias)
+        if not fused_qkv_a:
+            self.kv_a_proj_with_mqa = Linear(shape.hidden_size, shape.kv_a_width, bias)
         self.kv_a_layernorm = RMSNorm(shape.kv_lora_rank, LORA_NORM_EPS)
         self.kv_b_proj = Linear(shape.kv_lora_rank, h * (shape.qk_nope_head_dim + shape.v_head_dim))
         self.o_proj = Linear(h * shape.v_head_dim, shape.hidden_size, bias)
@@ -102,13 +151,16 @@ class MLAAttention(nn.Module):
         self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch, absorbed: Optional[bool] = None
     ) -> torch.Tensor:  # [n, hidden_size]
         s = self.shape
-        if s.q_lora_rank is None:
-            q = self.q_proj(hidden)
+        if self.fused_qkv_a:
+            q, kv_a = self.fused_qkv_a_proj_with_mqa(hidden).split([s.q_in_width, s.kv_a_width], dim=-1)
         else:
-            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(hidden)))
+            q = self.q_proj(hidden) if s.q_lora_rank is None else self.q_a_proj(hidden)
+            kv_a = self.kv_a_proj_with_mqa(hidden)  # [n, R + P]
+        if s.q_lora_rank is not None:
+            q = self.q_b_proj(self.q_a_layernorm(q))
         q = q.view(-1, s.num_heads, s.qk_head_dim)  # [n, H, D + P]
         q_nope, q_rope = q.split([s.qk_nope_head_dim, s.qk_rope_head_dim], dim=-1)
-        latent, k_rope = self.kv_a_proj_with_mqa(hidden).split([s.kv_lora_rank, s.qk_rope_head_dim], dim=-1)
+        latent, k_rope = kv_a.split([s.kv_lora_rank, s.qk_rope_head_dim], dim=-1)
         kv_buffer = batch.kv_pool.kv_buffer[self.layer_id]
         k_rope = k_rope.unsqueeze(1)  # [n, 1, P]
         # the normalized latent only goes to the cache (both forms read it from there)

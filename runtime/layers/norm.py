@@ -34,7 +34,8 @@ class RMSNorm(nn.Module):
 
             if residual is not None:
                 return fused_add_rmsnorm(x.contiguous(), residual.contiguous(), self.weight, self.eps)
-            return rmsnorm(x.contiguous(), self.weight, self.eps)
+            rows_contiguous = x.dim() == 2 and x.stride(1) == 1  # e.g. a slice of a stacked projection
+            return rmsnorm(x if rows_contiguous else x.contiguous(), self.weight, self.eps)
         if residual is not None:
             x = x + residual
             return rms_norm(x, self.weight, self.eps), x

@@ -34,16 +34,17 @@ import torch
 from torch import nn
 
 from lmlang.runtime.cache.mla_pool import MLAKVCacheSpec
-from lmlang.runtime.layers.mla import MLAAttention, MLAShape
+from lmlang.runtime.layers.mla import MLAAttention, MLAShape, can_fuse_qkv_a, fused_qkv_a_params
 from lmlang.runtime.layers.moe import MoEBlock, RoutingConfig, expert_params
 from lmlang.runtime.layers.rotary import RotaryEmbedding, get_rope, rope_parameters, yarn_mscale
 from lmlang.runtime.models.decoder import DecoderForCausalLM, DecoderModel, PreNormDecoderLayer
 from lmlang.runtime.models.llama import STACKED_PARAMS, LlamaMLP
 from lmlang.runtime.models.registry import register_model
 from lmlang.runtime.models.weight_mapping import load_weights_by_table
+from lmlang.runtime.quantization.config import checkpoint_block_rows
 
 V2_TOPK_METHODS = ("greedy", "group_limited_greedy")
-GATE_UP_PARAMS = tuple(row for row in STACKED_PARAMS if row.param_part == ".gate_up_proj.")  # MLA fuses no q/k/v
+GATE_UP_PARAMS = tuple(row for row in STACKED_PARAMS if row.param_part == ".gate_up_proj.")  # MLA stacks its own
 _LAYER_INDEX = re.compile(r"^model\.layers\.(\d+)\.")
 
 
@@ -61,6 +62,12 @@ def mla_rope(config: Any, interleaved: bool) -> RotaryEmbedding:
     base, scaling, _ = rope_parameters(config)
     dim = config.qk_rope_head_dim
     return get_rope(dim, dim, config.max_position_embeddings, base, scaling, is_neox_style=not interleaved)
+
+
+def fuses_qkv_a(config: Any) -> bool:
+    """Whether the MLA layers stack q_proj / q_a_proj with kv_a_proj_with_mqa (`can_fuse_qkv_a`)."""
+    bias = bool(getattr(config, "attention_bias", False))
+    return can_fuse_qkv_a(MLAShape.from_config(config), bias, checkpoint_block_rows(config))
 
 
 def is_moe_layer(config: Any, layer_id: int) -> bool:
@@ -87,7 +94,8 @@ class DeepseekV2DecoderLayer(PreNormDecoderLayer):
         self, config: Any, layer_id: int, rotary_emb: RotaryEmbedding, scaling: float, routing: RoutingConfig
     ) -> None:
         bias = bool(getattr(config, "attention_bias", False))
-        self_attn = MLAAttention(MLAShape.from_config(config), layer_id, rotary_emb, scaling, bias)
+        self_attn = MLAAttention(MLAShape.from_config(config), layer_id, rotary_emb, scaling, bias,
+                                 fused_qkv_a=fuses_qkv_a(config))
         super().__init__(config, self_attn, deepseek_mlp(config, layer_id, routing))
 
 
@@ -105,7 +113,8 @@ class DeepseekV2ForCausalLM(DecoderForCausalLM):
     def __init__(self, config: Any) -> None:
         super().__init__(config, DeepseekV2Model(config, self.routing_config(config), self.interleaved_rope(config)))
         num_experts = config.n_routed_experts or 0
-        self.stacked_params = [*expert_params(num_experts), *GATE_UP_PARAMS]
+        self.stacked_params = [*expert_params(num_experts), *GATE_UP_PARAMS,
+                               *(fused_qkv_a_params() if fuses_qkv_a(config) else ())]
 
     @classmethod
     def routing_config(cls, config: Any) -> RoutingConfig:

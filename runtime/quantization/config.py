@@ -62,6 +62,22 @@ class QuantizationPlan:
     from_checkpoint: bool
 
 
+def stored_quantization_config(hf_config: Any) -> Optional[Mapping[str, Any]]:
+    """The checkpoint's own `quantization_config` as a mapping (None when it has none)."""
+    stored = getattr(hf_config, "quantization_config", None)
+    if stored is not None and not isinstance(stored, Mapping):
+        stored = stored.to_dict()
+    return stored or None
+
+
+def checkpoint_block_rows(hf_config: Any) -> Optional[int]:
+    """Rows of the weight blocks an FP8 checkpoint stores (`weight_block_size[0]`), None when the
+    checkpoint is not block-quantized: the alignment a stacked projection's shards need there."""
+    stored = stored_quantization_config(hf_config)
+    block = stored.get("weight_block_size") if stored and stored.get("quant_method") == "fp8" else None
+    return int(block[0]) if block else None
+
+
 def resolve_quantization(
     hf_config: Any, requested: Union[None, str, Fp8Config], load_format: str = "auto"
 ) -> Optional[QuantizationPlan]:
@@ -69,9 +85,7 @@ def resolve_quantization(
     checkpoint is). An `Fp8Config` requests online FP8 with its block size (tests use small blocks)."""
     if requested is not None and not isinstance(requested, Fp8Config) and requested not in QUANTIZATION_METHODS:
         raise ValueError(f"unsupported quantization {requested!r}; supported: {QUANTIZATION_METHODS}")
-    stored = getattr(hf_config, "quantization_config", None)
-    if stored is not None and not isinstance(stored, Mapping):
-        stored = stored.to_dict()
+    stored = stored_quantization_config(hf_config)
     if stored:
         method = stored.get("quant_method")
         if method != "fp8":

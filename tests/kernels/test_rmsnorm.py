@@ -48,3 +48,18 @@ def test_rmsnorm_rejects_mismatched_weight():
         rmsnorm(torch.randn(8, 2).t(), torch.ones(8), 1e-6)
     with pytest.raises(ValueError, match="residual"):
         fused_add_rmsnorm(torch.randn(2, 8), torch.randn(3, 8), torch.ones(8), 1e-6)
+
+
+@pytest.mark.parametrize("device,dtype", [
+    pytest.param("cpu", torch.float32, id="cpu"),
+    pytest.param("cuda", torch.bfloat16, id="gpu", marks=pytest.mark.gpu),
+])
+def test_rmsnorm_reads_strided_rows_in_place(device, dtype):
+    """A column slice of a stacked projection's output (DeepSeek's q_a part of q_a + kv_a)."""
+    g = torch.Generator().manual_seed(2)
+    stacked = torch.randn(5, 48 + 40, generator=g).to(device, dtype)
+    x = stacked[:, :48]  # rows 88 apart
+    w = (1 + 0.1 * torch.randn(48, generator=g)).to(device, dtype)
+    out = rmsnorm(x, w, 1e-6)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, ref_rmsnorm(x.contiguous(), w, 1e-6), **_tol(dtype))

@@ -153,3 +153,20 @@ def test_decode_step_replays_from_a_cuda_graph(tmp_path, quantization):
             graph.replay()
             torch.testing.assert_close(out, expected, atol=5e-2, rtol=5e-2)
             driver.advance(tokens)
+
+
+def test_stacked_q_a_and_kv_a_projection_matches_transformers(tmp_path):
+    """With q_lora_rank a multiple of 128 (as released: 1536) q_a_proj and kv_a_proj_with_mqa load
+    into one stacked projection; the tiny default (48) keeps them apart (see `can_fuse_qkv_a`)."""
+    from transformers import AutoModelForCausalLM
+
+    path = make_tiny_checkpoint(tmp_path, "deepseek_v3", q_lora_rank=128)
+    model, _ = load_model(path, dtype=torch.float32)
+    attn = model.model.layers[0].self_attn
+    assert attn.fused_qkv_a and not hasattr(attn, "q_a_proj") and not hasattr(attn, "kv_a_proj_with_mqa")
+    prompt = list(range(30, 70))
+    logits = ForwardDriver(model, num_seqs=1).forward({0: prompt})[0]
+    hf = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        reference = hf(torch.tensor([prompt])).logits[0].float()
+    assert _relative_error(logits, reference) < 1e-5

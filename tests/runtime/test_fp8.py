@@ -105,7 +105,8 @@ def test_sharded_fp8_checkpoint_without_q_lora_loads(tmp_path, tiny_ckpt):
     with open(f"{path}/model.safetensors.index.json") as f:
         assert "model.layers.1.self_attn.q_proj.weight_scale_inv" in json.load(f)["weight_map"]
     model, _ = load_model(path, dtype=torch.float32)
-    assert isinstance(model.model.layers[1].self_attn.q_proj, Fp8Linear)
+    # q_proj (4 x 32 rows) and kv_a_proj_with_mqa load into the stacked projection, block row aligned
+    assert isinstance(model.model.layers[1].self_attn.fused_qkv_a_proj_with_mqa, Fp8Linear)
     assert torch.isfinite(_logits(model)).all()
 
 
