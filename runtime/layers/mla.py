@@ -27,9 +27,9 @@ from lmlang.runtime.attention.base import rotate_and_store_mla
 from lmlang.runtime.attention.mla import mla_absorbed, mla_expanded
 from lmlang.runtime.forward_batch import ForwardBatch
 from lmlang.runtime.layers.linear import Linear, StackedLinear
-from lmlang.runtime.models.weight_mapping import StackedParam
 from lmlang.runtime.layers.norm import RMSNorm
 from lmlang.runtime.layers.rotary import RotaryEmbedding
+from lmlang.runtime.models.weight_mapping import StackedParam
 
 LORA_NORM_EPS = 1e-6  # q_a_layernorm / kv_a_layernorm use the default eps, not config.rms_norm_eps
 

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlang.kernels.moe_routing import RoutingConfig, select_experts  # noqa: F401 (re-exported)
+from lmlang.kernels import moe_routing
+from lmlang.kernels.moe_routing import RoutingConfig, select_experts  # noqa: F401 (RoutingConfig re-exported)
 from lmlang.runtime.layers.dispatch import use_kernels
 from lmlang.runtime.layers.linear import default_weight_loader, new_parameter
 from lmlang.runtime.models.weight_mapping import StackedParam
@@ -47,12 +48,9 @@ class TopKRouter(nn.Module):
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # [n, hidden] -> 2 x [n, top_k]
         """Weights [n, top_k] float32 and expert ids [n, top_k]: int32 from the kernels (CUDA: two
         launches, `lmlang.kernels.moe_routing`), int64 from the torch code; the experts take either."""
-        if use_kernels(hidden):
-            from lmlang.kernels import moe_routing
-
-            if moe_routing.fused_topk_unsupported(self.cfg) is None:
-                logits = moe_routing.router_logits(hidden, self.weight)  # [n, E] float32
-                return moe_routing.fused_topk(logits, self.cfg, self.e_score_correction_bias)
+        if use_kernels(hidden) and moe_routing.fused_topk_unsupported(self.cfg) is None:
+            logits = moe_routing.router_logits(hidden, self.weight)  # [n, E] float32
+            return moe_routing.fused_topk(logits, self.cfg, self.e_score_correction_bias)
         logits = F.linear(hidden.float() if self.cfg.logits_in_fp32 else hidden, self.weight)  # [n, E]
         return select_experts(logits, self.cfg, self.e_score_correction_bias)
 
