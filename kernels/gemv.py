@@ -48,6 +48,7 @@ from lmlang.kernels.gemv_input import (
     check_gated_input,
     check_norm_input,
     input_chunk,
+    load_k,
     row_rstd,
 )
 from lmlang.kernels.launch import dot_needs_fp32, launch, next_power_of_2, pdl_launch_dependents, pdl_wait
@@ -106,25 +107,11 @@ def gemv_kernel(
     pdl_launch_dependents(USE_PDL)
     pid = tl.program_id(0)
     split = tl.program_id(1)
-    if USE_DOT:
-        block = pid
-    else:
-        block = pid // M  # the programs of one weight strip are adjacent: they share it in L2
-        row = pid % M
-    offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
-    # clamped, not masked: the loads stay unmasked and 16 bytes wide; extra rows are not stored
-    w_rows = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
-    offs_k = tl.arange(0, BLOCK_K)
-    k_lo = split * k_per_split
-    k_hi = tl.minimum(k_lo + k_per_split, K)
+    block, row, offs_n, n_mask, w_rows, offs_k, k_lo, k_hi, k_mask = weight_strip(
+        pid, split, w_ptr, M, N, K, k_per_split, stride_wn, BLOCK_N, BLOCK_K, USE_DOT)
     # the first weight tile is read before the wait: weights are constants, and with PDL this
     # stream starts while the previous kernel finishes
-    k_mask = (k_lo + offs_k) < k_hi
-    if EVEN_K:
-        w = tl.load(w_rows + (k_lo + offs_k)[None, :])  # [BLOCK_N, BLOCK_K]
-    else:
-        w = tl.load(w_rows + (k_lo + offs_k)[None, :], mask=k_mask[None, :], other=0.0)
+    w = load_k(w_rows + (k_lo + offs_k)[None, :], k_mask[None, :], EVEN_K)  # [BLOCK_N, BLOCK_K]
     pdl_wait(USE_PDL)
     writer = (block == 0) & (split == 0)  # the program that writes residual_out for its rows
     if USE_DOT:
@@ -143,10 +130,7 @@ def gemv_kernel(
         acc = _dot(w, xt, DOT_FP32)
         for k in range(k_lo + BLOCK_K, k_hi, BLOCK_K):
             k_mask = (k + offs_k) < k_hi
-            if EVEN_K:
-                w = tl.load(w_rows + (k + offs_k)[None, :])
-            else:
-                w = tl.load(w_rows + (k + offs_k)[None, :], mask=k_mask[None, :], other=0.0)
+            w = load_k(w_rows + (k + offs_k)[None, :], k_mask[None, :], EVEN_K)
             xt = input_chunk(x_rows, r_rows, norm_w_ptr, k, offs_k[:, None], k_mask[:, None], up_offset, rstd,
                              EVEN_K, GATED, NORM, HAS_RESIDUAL)
             acc += _dot(w, xt, DOT_FP32)
@@ -165,15 +149,36 @@ def gemv_kernel(
         acc = w.to(tl.float32) * x.to(tl.float32)[None, :]  # [BLOCK_N, BLOCK_K]
         for k in range(k_lo + BLOCK_K, k_hi, BLOCK_K):
             k_mask = (k + offs_k) < k_hi
-            if EVEN_K:
-                w = tl.load(w_rows + (k + offs_k)[None, :])
-            else:
-                w = tl.load(w_rows + (k + offs_k)[None, :], mask=k_mask[None, :], other=0.0)
+            w = load_k(w_rows + (k + offs_k)[None, :], k_mask[None, :], EVEN_K)
             x = input_chunk(x_row, r_row, norm_w_ptr, k, offs_k, k_mask, up_offset, rstd,
                             EVEN_K, GATED, NORM, HAS_RESIDUAL)
             acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
         y = tl.sum(acc, axis=1)  # [BLOCK_N]
         _store(out_ptr + split * stride_os, bias_ptr, y, row, offs_n, n_mask, stride_om, WRITE_PARTIALS, HAS_BIAS)
+
+
+@triton.jit
+def weight_strip(pid, split, w_ptr, M, N, K, k_per_split, stride_wn,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr):
+    """The program's share of a skinny product: its strip of BLOCK_N weight rows and, along K, its
+    split [k_lo, k_hi) (pid: the row block [x M rows without tensor cores]). Returns (block, row,
+    offs_n, n_mask, w_rows, offs_k, k_lo, k_hi, k_mask of the first step); `row` is the program's
+    x row (FMA) or 0 (tensor cores: one program covers every row)."""
+    if USE_DOT:
+        block = pid
+        row = 0
+    else:
+        block = pid // M  # the programs of one weight strip are adjacent: they share it in L2
+        row = pid % M
+    offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    # clamped, not masked: the loads stay unmasked and 16 bytes wide; extra rows are not stored
+    w_rows = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
+    offs_k = tl.arange(0, BLOCK_K)
+    k_lo = split * k_per_split
+    k_hi = tl.minimum(k_lo + k_per_split, K)
+    k_mask = (k_lo + offs_k) < k_hi
+    return block, row, offs_n, n_mask, w_rows, offs_k, k_lo, k_hi, k_mask
 
 
 @triton.jit

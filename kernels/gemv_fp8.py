@@ -43,7 +43,9 @@ from lmlang.kernels.gemv import (
     _store,
     gemv_reduce_kernel,
     lookup_config,
+    weight_strip,
 )
+from lmlang.kernels.gemv_input import load_k
 from lmlang.kernels.launch import dot_needs_fp32, launch, pdl_launch_dependents, pdl_wait
 
 CONFIG_ENV = "LMLANG_GEMV_FP8_CONFIG"  # path of a tuned table that overrides the shipped one
@@ -67,64 +69,43 @@ def gemv_fp8_kernel(
     pdl_launch_dependents(USE_PDL)
     pid = tl.program_id(0)
     split = tl.program_id(1)
-    if USE_DOT:
-        block = pid
-    else:
-        block = pid // M  # the programs of one weight strip are adjacent: they share it in L2
-        row = pid % M
-    offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
-    # clamped, not masked: the loads stay unmasked and 16 bytes wide; extra rows are not stored
-    w_rows = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
+    block, row, offs_n, n_mask, w_rows, offs_k, k_lo, k_hi, k_mask = weight_strip(
+        pid, split, w_ptr, M, N, K, k_per_split, stride_wn, BLOCK_N, BLOCK_K, USE_DOT)
     s_row = s_ptr + (block * BLOCK_N // SCALE_N) * stride_sn  # the strip's one row of scales
-    offs_k = tl.arange(0, BLOCK_K)
-    k_lo = split * k_per_split
-    k_hi = tl.minimum(k_lo + k_per_split, K)
     # the first weight tile and its scales are read before the wait: constants, not outputs of
     # the previous kernel
-    k_mask = (k_lo + offs_k) < k_hi
-    w = _load_k(w_rows + (k_lo + offs_k)[None, :], k_mask[None, :], EVEN_K)  # [BLOCK_N, BLOCK_K]
+    w = load_k(w_rows + (k_lo + offs_k)[None, :], k_mask[None, :], EVEN_K)  # [BLOCK_N, BLOCK_K]
     if USE_DOT:
         s = tl.load(s_row + k_lo // SCALE_K)  # the step lies inside one k block
     else:
-        s = _load_k(s_row + (k_lo + offs_k) // SCALE_K, k_mask, EVEN_K)  # [BLOCK_K]
+        s = load_k(s_row + (k_lo + offs_k) // SCALE_K, k_mask, EVEN_K)  # [BLOCK_K]
     pdl_wait(USE_PDL)
     if USE_DOT:
         offs_m = tl.arange(0, DOT_ROWS)
         x_rows = x_ptr + tl.minimum(offs_m, M - 1)[None, :] * stride_xm  # [1, DOT_ROWS]
-        xt = _load_k(x_rows + (k_lo + offs_k)[:, None], k_mask[:, None], EVEN_K)  # [BLOCK_K, DOT_ROWS]
+        xt = load_k(x_rows + (k_lo + offs_k)[:, None], k_mask[:, None], EVEN_K)  # [BLOCK_K, DOT_ROWS]
         acc = _dot(w.to(x_ptr.dtype.element_ty), xt, DOT_FP32) * s  # [BLOCK_N, DOT_ROWS]
         for k in range(k_lo + BLOCK_K, k_hi, BLOCK_K):
             k_mask = (k + offs_k) < k_hi
-            w = _load_k(w_rows + (k + offs_k)[None, :], k_mask[None, :], EVEN_K)
+            w = load_k(w_rows + (k + offs_k)[None, :], k_mask[None, :], EVEN_K)
             s = tl.load(s_row + k // SCALE_K)
-            xt = _load_k(x_rows + (k + offs_k)[:, None], k_mask[:, None], EVEN_K)
+            xt = load_k(x_rows + (k + offs_k)[:, None], k_mask[:, None], EVEN_K)
             acc += _dot(w.to(x_ptr.dtype.element_ty), xt, DOT_FP32) * s
         # acc[j, i] is y[row i, column offs_n[j]]
         _store(out_ptr + split * stride_os, bias_ptr, acc, offs_m[None, :], offs_n[:, None],
                (offs_m[None, :] < M) & n_mask[:, None], stride_om, WRITE_PARTIALS, HAS_BIAS)
     else:
         x_row = x_ptr + row * stride_xm
-        x = _load_k(x_row + k_lo + offs_k, k_mask, EVEN_K).to(tl.float32) * s  # [BLOCK_K]
+        x = load_k(x_row + k_lo + offs_k, k_mask, EVEN_K).to(tl.float32) * s  # [BLOCK_K]
         acc = w.to(tl.float32) * x[None, :]  # [BLOCK_N, BLOCK_K]
         for k in range(k_lo + BLOCK_K, k_hi, BLOCK_K):
             k_mask = (k + offs_k) < k_hi
-            w = _load_k(w_rows + (k + offs_k)[None, :], k_mask[None, :], EVEN_K)
-            s = _load_k(s_row + (k + offs_k) // SCALE_K, k_mask, EVEN_K)
-            x = _load_k(x_row + k + offs_k, k_mask, EVEN_K).to(tl.float32) * s
+            w = load_k(w_rows + (k + offs_k)[None, :], k_mask[None, :], EVEN_K)
+            s = load_k(s_row + (k + offs_k) // SCALE_K, k_mask, EVEN_K)
+            x = load_k(x_row + k + offs_k, k_mask, EVEN_K).to(tl.float32) * s
             acc += w.to(tl.float32) * x[None, :]
         y = tl.sum(acc, axis=1)  # [BLOCK_N]
         _store(out_ptr + split * stride_os, bias_ptr, y, row, offs_n, n_mask, stride_om, WRITE_PARTIALS, HAS_BIAS)
-
-
-@triton.jit
-def _load_k(ptrs, k_mask, EVEN_K: tl.constexpr):
-    """Loads along K: unmasked (full-width vector loads) when every step is whole, else zeros past the slice."""
-    if EVEN_K:
-        values = tl.load(ptrs)
-    else:
-        values = tl.load(ptrs, mask=k_mask, other=0.0)
-    return values
 
 
 def config_fits_block(config: GemvConfig, block: tuple[int, int]) -> bool:

@@ -83,6 +83,16 @@ def check_gated_input(x: torch.Tensor, weight: torch.Tensor) -> None:
 
 
 @triton.jit
+def load_k(ptrs, k_mask, EVEN_K: tl.constexpr):
+    """Loads along K: unmasked (full-width vector loads) when every step is whole, else zeros past the slice."""
+    if EVEN_K:
+        values = tl.load(ptrs)
+    else:
+        values = tl.load(ptrs, mask=k_mask, other=0.0)
+    return values
+
+
+@triton.jit
 def row_rstd(x_row, r_row, ro_row, K, eps, write,
              HAS_RESIDUAL: tl.constexpr, EVEN_STAT: tl.constexpr, BLOCK_STAT: tl.constexpr):
     """1 / rms(x + residual) of one row (a float32 scalar), read in BLOCK_STAT chunks (wide:
@@ -92,16 +102,12 @@ def row_rstd(x_row, r_row, ro_row, K, eps, write,
     acc = tl.zeros([BLOCK_STAT], dtype=tl.float32)
     for k in range(0, K, BLOCK_STAT):
         if EVEN_STAT:
-            k_mask = offs >= 0
-            h = tl.load(x_row + k + offs)
+            k_mask = offs >= 0  # all true, known at compile time: the residual store below stays unmasked
         else:
             k_mask = (k + offs) < K
-            h = tl.load(x_row + k + offs, mask=k_mask, other=0.0)
+        h = load_k(x_row + k + offs, k_mask, EVEN_STAT)
         if HAS_RESIDUAL:
-            if EVEN_STAT:
-                r = tl.load(r_row + k + offs)
-            else:
-                r = tl.load(r_row + k + offs, mask=k_mask, other=0.0)
+            r = load_k(r_row + k + offs, k_mask, EVEN_STAT)
             h = (h.to(tl.float32) + r.to(tl.float32)).to(h.dtype)
             # tl.where, not `&`: the interpreter gives `scalar & vector` an int32 mask
             tl.store(ro_row + k + offs, h, mask=tl.where(write, k_mask, False))
@@ -118,28 +124,16 @@ def input_chunk(x_ptrs, r_ptrs, nw_ptr, k, offs, k_mask, up_offset, rstd,
     pointers [1, R] for a [BLOCK_K, R] tile. rstd (read only when NORM) broadcasts against the
     tile: the row's `row_rstd`, or [1, R]. The up half of a gated row starts `up_offset`
     elements after its gate half."""
-    if EVEN_K:
-        x = tl.load(x_ptrs + k + offs)
-    else:
-        x = tl.load(x_ptrs + k + offs, mask=k_mask, other=0.0)
+    x = load_k(x_ptrs + k + offs, k_mask, EVEN_K)
     if GATED:
-        if EVEN_K:
-            up = tl.load(x_ptrs + up_offset + k + offs)
-        else:
-            up = tl.load(x_ptrs + up_offset + k + offs, mask=k_mask, other=0.0)
+        up = load_k(x_ptrs + up_offset + k + offs, k_mask, EVEN_K)
         gate = x.to(tl.float32)
         act = (gate * tl.sigmoid(gate)).to(x.dtype)
         x = (act.to(tl.float32) * up.to(tl.float32)).to(x.dtype)
     if NORM:
-        if EVEN_K:
-            nw = tl.load(nw_ptr + k + offs)
-        else:
-            nw = tl.load(nw_ptr + k + offs, mask=k_mask, other=0.0)
+        nw = load_k(nw_ptr + k + offs, k_mask, EVEN_K)
         if HAS_RESIDUAL:
-            if EVEN_K:
-                r = tl.load(r_ptrs + k + offs)
-            else:
-                r = tl.load(r_ptrs + k + offs, mask=k_mask, other=0.0)
+            r = load_k(r_ptrs + k + offs, k_mask, EVEN_K)
             x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
         normed = (x.to(tl.float32) * rstd).to(x.dtype)
         x = (normed.to(tl.float32) * nw.to(tl.float32)).to(x.dtype)
